@@ -1,0 +1,333 @@
+// CPU kernels of the UKD op, registered for the CPU dispatch key.
+//
+// forward:  pool every stage of both networks in one parallel pass  ->  [μ; r] = p Wᵀ + b through BLAS
+//           ->  one parallel pass over the B rows: the four terms and, when asked, d loss / d [μ; r] and
+//           d loss / d logits.
+// backward: each feature gradient is written once (the head GEMMs run in Python through torch.mm = BLAS).
+//
+// Every output element is reduced by a single task in a fixed order, and the per-row losses are summed
+// sequentially, so results are bit-identical for any thread count.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "ukd_math.h"
+
+namespace ukd {
+namespace {
+
+using at::Tensor;
+
+// ------------------------------------------------------------------------------------------------ pooling
+// Sum of n contiguous elements with 16 independent lanes (vectorised by the compiler, fixed order).
+template <typename scalar_t, typename acc_t>
+acc_t sum_contiguous(const scalar_t* x, int64_t n) {
+  constexpr int kLanes = 16;
+  acc_t lanes[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) lanes[j] += static_cast<acc_t>(x[i + j]);
+  }
+  acc_t tail = 0;
+  for (; i < n; ++i) tail += static_cast<acc_t>(x[i]);
+  for (int width = kLanes / 2; width > 0; width /= 2) {
+    for (int j = 0; j < width; ++j) lanes[j] += lanes[j + width];
+  }
+  return lanes[0] + tail;
+}
+
+// One unit of pooling work: channels [c0, c1) of sample b of one stage.
+struct PoolTask {
+  int stage;
+  int64_t b, c0, c1;
+};
+
+struct StageView {
+  const void* data;
+  at::ScalarType dtype;
+  int64_t channels, hw, column;  // column: offset of this stage in the concatenated (B, ΣC) output
+  bool channels_last;
+};
+
+StageView view_of(const Tensor& f, int64_t column) {
+  const bool is4d = f.dim() == 4;
+  const int64_t hw = is4d ? f.size(2) * f.size(3) : 1;
+  const bool cl = is4d && hw > 1 && f.size(1) > 1 && !f.is_contiguous() &&
+                  f.is_contiguous(at::MemoryFormat::ChannelsLast);
+  TORCH_CHECK(f.is_contiguous() || cl, "ukd: feature maps must be NCHW- or channels_last-contiguous");
+  return {f.data_ptr(), f.scalar_type(), f.size(1), hw, column, cl};
+}
+
+// Tasks of roughly `grain` elements each, so a big stage does not become one thread's tail.
+std::vector<PoolTask> plan_tasks(const std::vector<StageView>& stages, int64_t batch) {
+  constexpr int64_t kGrain = 1 << 15;
+  std::vector<PoolTask> tasks;
+  for (int s = 0; s < static_cast<int>(stages.size()); ++s) {
+    const auto& st = stages[s];
+    int64_t per = std::max<int64_t>(1, kGrain / std::max<int64_t>(st.hw, 1));
+    if (st.channels_last) per = std::max<int64_t>(per, 64);  // keep rows of ≥ 64 channels contiguous
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int64_t c0 = 0; c0 < st.channels; c0 += per) tasks.push_back({s, b, c0, std::min(st.channels, c0 + per)});
+    }
+  }
+  return tasks;
+}
+
+template <typename scalar_t, typename acc_t>
+void pool_task(const StageView& st, const PoolTask& t, acc_t* out, int64_t out_stride) {
+  const auto* x = static_cast<const scalar_t*>(st.data);
+  acc_t* dst = out + t.b * out_stride + st.column;
+  const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(st.hw);
+  if (!st.channels_last) {
+    for (int64_t c = t.c0; c < t.c1; ++c) {
+      dst[c] = sum_contiguous<scalar_t, acc_t>(x + (t.b * st.channels + c) * st.hw, st.hw) * inv_hw;
+    }
+    return;
+  }
+  const int64_t width = t.c1 - t.c0;
+  std::vector<acc_t> acc(width, acc_t(0));
+  const scalar_t* base = x + t.b * st.hw * st.channels + t.c0;
+  for (int64_t p = 0; p < st.hw; ++p) {
+    const scalar_t* row = base + p * st.channels;
+    for (int64_t j = 0; j < width; ++j) acc[j] += static_cast<acc_t>(row[j]);
+  }
+  for (int64_t j = 0; j < width; ++j) dst[t.c0 + j] = acc[j] * inv_hw;
+}
+
+template <typename acc_t>
+void run_pool_task(const StageView& st, const PoolTask& t, acc_t* out, int64_t out_stride) {
+  switch (st.dtype) {
+    case at::kFloat: return pool_task<float, acc_t>(st, t, out, out_stride);
+    case at::kDouble: return pool_task<double, acc_t>(st, t, out, out_stride);
+    case at::kHalf: return pool_task<at::Half, acc_t>(st, t, out, out_stride);
+    case at::kBFloat16: return pool_task<at::BFloat16, acc_t>(st, t, out, out_stride);
+    default: TORCH_CHECK(false, "ukd: unsupported feature dtype ", st.dtype);
+  }
+}
+
+// Pools both networks' stages in one parallel pass. Returns (B, ΣC_s) and (B, ΣC_t) in `acc_dtype`.
+std::pair<Tensor, Tensor> pool_both(at::TensorList feats_s, at::TensorList feats_t, int64_t batch,
+                                    at::ScalarType acc_dtype) {
+  std::vector<StageView> stages;
+  int64_t cols_s = 0, cols_t = 0;
+  for (const auto& f : feats_s) { stages.push_back(view_of(f, cols_s)); cols_s += f.size(1); }
+  const size_t n_student = stages.size();
+  for (const auto& f : feats_t) { stages.push_back(view_of(f, cols_t)); cols_t += f.size(1); }
+  auto opts = feats_s[0].options().dtype(acc_dtype);
+  Tensor pooled_s = at::empty({batch, cols_s}, opts);
+  Tensor pooled_t = at::empty({batch, cols_t}, opts);
+  const auto tasks = plan_tasks(stages, batch);
+  AT_DISPATCH_FLOATING_TYPES(acc_dtype, "ukd_pool", [&] {
+    scalar_t* out_s = pooled_s.data_ptr<scalar_t>();
+    scalar_t* out_t = pooled_t.data_ptr<scalar_t>();
+    at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const auto& t = tasks[i];
+        const bool student = static_cast<size_t>(t.stage) < n_student;
+        run_pool_task<scalar_t>(stages[t.stage], t, student ? out_s : out_t, student ? cols_s : cols_t);
+      }
+    });
+  });
+  return {pooled_s, pooled_t};
+}
+
+// ----------------------------------------------------------------------------------------- the row pass
+struct Weights {
+  double temperature, dist, gauss, supp, logit, bound;
+};
+
+// One pass over the B rows of [μ; r] (student and teacher) and the logits: per-row terms into `rows`
+// (B, 4) and, when the grad pointers are non-null, the gradients of the weighted mean loss.
+template <typename T>
+void row_pass(int64_t batch, int64_t k, const T* y_s, const T* y_t, const T* l_s, const T* l_t, const T* eps_s,
+              const T* eps_t, const Weights& w, T* rows, T* gy_s, T* gy_t, T* gl_s, T* gl_t) {
+  const T temp = static_cast<T>(w.temperature), inv_t = T(1) / temp, bound = static_cast<T>(w.bound);
+  const T per_row = T(1) / static_cast<T>(batch);
+  const T s_dist = static_cast<T>(w.dist) * temp * per_row, s_supp = static_cast<T>(w.supp) * temp * per_row;
+  const T s_logit = static_cast<T>(w.logit) * temp * per_row, s_gauss = static_cast<T>(w.gauss) * per_row;
+  const bool grads = gy_s != nullptr;
+  at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    // z_s, z_t, then log-softmax at T of z_s, z_t, l_s, l_t.
+    std::vector<T> scratch(6 * k);
+    T* z_s = scratch.data();
+    T* z_t = z_s + k;
+    T* lp[4] = {z_t + k, z_t + 2 * k, z_t + 3 * k, z_t + 4 * k};
+    for (int64_t b = begin; b < end; ++b) {
+      const T *mu_s = y_s + b * 2 * k, *r_s = mu_s + k, *mu_t = y_t + b * 2 * k, *r_t = mu_t + k;
+      const T *ls = l_s + b * k, *lt = l_t + b * k;
+      T gauss = 0;
+      for (int64_t j = 0; j < k; ++j) {
+        const T lv_s = clamp_logvar(r_s[j], bound), lv_t = clamp_logvar(r_t[j], bound);
+        z_s[j] = eps_s ? sample(mu_s[j], lv_s, eps_s[b * k + j]) : mu_s[j];
+        z_t[j] = eps_t ? sample(mu_t[j], lv_t, eps_t[b * k + j]) : mu_t[j];
+        gauss += gauss_elem(mu_s[j], lv_s, mu_t[j], lv_t);
+      }
+      const T* src[4] = {z_s, z_t, ls, lt};
+      for (int v = 0; v < 4; ++v) {
+        T m = -INFINITY;
+        for (int64_t j = 0; j < k; ++j) m = fmax_(m, src[v][j]);
+        m *= inv_t;
+        T sum = 0;
+        for (int64_t j = 0; j < k; ++j) sum += fexp(src[v][j] * inv_t - m);
+        const T lse = m + flog(sum);
+        for (int64_t j = 0; j < k; ++j) lp[v][j] = src[v][j] * inv_t - lse;
+      }
+      const T *lzs = lp[0], *lzt = lp[1], *lls = lp[2], *llt = lp[3];
+      T kl_dist = 0, kl_supp_s = 0, kl_supp_t = 0, kl_logit = 0;
+      for (int64_t j = 0; j < k; ++j) {
+        kl_dist += kl_elem(lzt[j], lzs[j]);
+        kl_supp_s += kl_elem(lls[j], lzs[j]);
+        kl_supp_t += kl_elem(llt[j], lzt[j]);
+        kl_logit += kl_elem(llt[j], lls[j]);
+      }
+      T* row = rows + 4 * b;
+      row[0] = temp * temp * kl_dist;
+      row[1] = gauss;
+      row[2] = temp * temp * (kl_supp_s + kl_supp_t);
+      row[3] = temp * temp * kl_logit;
+      if (!grads) continue;
+      for (int64_t j = 0; j < k; ++j) {
+        const T dz_t = kl_grad_first(lzt[j], lzs[j], kl_dist, s_dist) + kl_grad_second(llt[j], lzt[j], s_supp);
+        const T dz_s = kl_grad_second(lzt[j], lzs[j], s_dist) + kl_grad_second(lls[j], lzs[j], s_supp);
+        gl_s[b * k + j] = kl_grad_first(lls[j], lzs[j], kl_supp_s, s_supp) + kl_grad_second(llt[j], lls[j], s_logit);
+        gl_t[b * k + j] = kl_grad_first(llt[j], lzt[j], kl_supp_t, s_supp) +
+                          kl_grad_first(llt[j], lls[j], kl_logit, s_logit);
+        const T lv_s = clamp_logvar(r_s[j], bound), lv_t = clamp_logvar(r_t[j], bound);
+        const GaussGrad<T> g = gauss_grad(mu_s[j], lv_s, mu_t[j], lv_t, s_gauss);
+        const T dlv_s = g.logvar_s + (eps_s ? dz_s * sample_dlogvar(lv_s, eps_s[b * k + j]) : T(0));
+        const T dlv_t = g.logvar_t + (eps_t ? dz_t * sample_dlogvar(lv_t, eps_t[b * k + j]) : T(0));
+        T* gys = gy_s + b * 2 * k;
+        T* gyt = gy_t + b * 2 * k;
+        gys[j] = dz_s + g.mu_s;
+        gyt[j] = dz_t + g.mu_t;
+        gys[k + j] = dlv_s * clamp_grad(r_s[j], bound);
+        gyt[k + j] = dlv_t * clamp_grad(r_t[j], bound);
+      }
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_forward_cpu(
+    at::TensorList feats_s, at::TensorList feats_t, const Tensor& logits_s, const Tensor& logits_t,
+    const Tensor& weight_s, const Tensor& bias_s, const Tensor& weight_t, const Tensor& bias_t,
+    const std::optional<Tensor>& noise_s, const std::optional<Tensor>& noise_t, double temperature,
+    double dist_weight, double gauss_weight, double supp_weight, double logit_weight, double logvar_bound,
+    bool need_grads) {
+  const int64_t batch = logits_s.size(0), k = logits_s.size(1);
+  const auto dtype = weight_s.scalar_type();
+  for (const Tensor* t : {&logits_s, &logits_t, &weight_s, &bias_s, &weight_t, &bias_t}) {
+    TORCH_CHECK(t->scalar_type() == dtype && t->is_contiguous(), "ukd: small operands must be contiguous ", dtype);
+  }
+  auto [pooled_s, pooled_t] = pool_both(feats_s, feats_t, batch, dtype);
+  const Tensor y_s = at::addmm(bias_s, pooled_s, weight_s.t());
+  const Tensor y_t = at::addmm(bias_t, pooled_t, weight_t.t());
+
+  auto opts = logits_s.options();
+  Tensor rows = at::empty({batch, 4}, opts);
+  Tensor gy_s, gy_t, gl_s, gl_t;
+  if (need_grads) {
+    gy_s = at::empty({batch, 2 * k}, opts);
+    gy_t = at::empty({batch, 2 * k}, opts);
+    gl_s = at::empty({batch, k}, opts);
+    gl_t = at::empty({batch, k}, opts);
+  } else {
+    gy_s = gy_t = gl_s = gl_t = pooled_s = pooled_t = at::empty({0}, opts);
+  }
+  const Weights w{temperature, dist_weight, gauss_weight, supp_weight, logit_weight, logvar_bound};
+  AT_DISPATCH_FLOATING_TYPES(dtype, "ukd_rows", [&] {
+    auto ptr = [&](const Tensor& t) { return need_grads ? t.data_ptr<scalar_t>() : nullptr; };
+    auto opt = [&](const std::optional<Tensor>& t) {
+      return t.has_value() ? t->data_ptr<scalar_t>() : static_cast<scalar_t*>(nullptr);
+    };
+    row_pass<scalar_t>(batch, k, y_s.data_ptr<scalar_t>(), y_t.data_ptr<scalar_t>(), logits_s.data_ptr<scalar_t>(),
+                       logits_t.data_ptr<scalar_t>(), opt(noise_s), opt(noise_t), w, rows.data_ptr<scalar_t>(),
+                       ptr(gy_s), ptr(gy_t), ptr(gl_s), ptr(gl_t));
+  });
+  // Fixed-order mean over rows, then the weighted sum.
+  Tensor components = at::empty({4}, opts);
+  AT_DISPATCH_FLOATING_TYPES(dtype, "ukd_reduce", [&] {
+    const scalar_t* r = rows.data_ptr<scalar_t>();
+    scalar_t* c = components.data_ptr<scalar_t>();
+    for (int v = 0; v < 4; ++v) {
+      scalar_t acc = 0;
+      for (int64_t b = 0; b < batch; ++b) acc += r[4 * b + v];
+      c[v] = acc / static_cast<scalar_t>(batch);
+    }
+  });
+  Tensor loss = at::empty({}, opts);
+  AT_DISPATCH_FLOATING_TYPES(dtype, "ukd_total", [&] {
+    const scalar_t* c = components.data_ptr<scalar_t>();
+    loss.data_ptr<scalar_t>()[0] = static_cast<scalar_t>(dist_weight) * c[0] + static_cast<scalar_t>(gauss_weight) * c[1] +
+                                   static_cast<scalar_t>(supp_weight) * c[2] + static_cast<scalar_t>(logit_weight) * c[3];
+  });
+  return {loss, components, pooled_s, pooled_t, gy_s, gy_t, gl_s, gl_t};
+}
+
+// ------------------------------------------------------------------------------------------- backward
+template <typename scalar_t, typename acc_t>
+void broadcast_task(const StageView& st, const PoolTask& t, const acc_t* grad, int64_t grad_stride, scalar_t* out) {
+  const acc_t* src = grad + t.b * grad_stride + st.column;
+  const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(st.hw);
+  if (!st.channels_last) {
+    for (int64_t c = t.c0; c < t.c1; ++c) {
+      const scalar_t v = static_cast<scalar_t>(src[c] * inv_hw);
+      scalar_t* dst = out + (t.b * st.channels + c) * st.hw;
+      std::fill(dst, dst + st.hw, v);
+    }
+    return;
+  }
+  const int64_t width = t.c1 - t.c0;
+  std::vector<scalar_t> row(width);
+  for (int64_t j = 0; j < width; ++j) row[j] = static_cast<scalar_t>(src[t.c0 + j] * inv_hw);
+  scalar_t* base = out + t.b * st.hw * st.channels + t.c0;
+  for (int64_t p = 0; p < st.hw; ++p) std::copy(row.begin(), row.end(), base + p * st.channels);
+}
+
+std::vector<Tensor> pool_backward_cpu(const Tensor& grad_pooled, at::TensorList feats) {
+  TORCH_CHECK(grad_pooled.is_contiguous() && grad_pooled.dim() == 2, "ukd: grad_pooled must be a contiguous (B, ΣC)");
+  const int64_t batch = grad_pooled.size(0), cols = grad_pooled.size(1);
+  std::vector<StageView> stages;
+  std::vector<Tensor> grads;
+  int64_t column = 0;
+  for (const auto& f : feats) {
+    StageView st = view_of(f, column);
+    column += f.size(1);
+    grads.push_back(at::empty_like(f, st.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
+    st.data = grads.back().data_ptr();
+    stages.push_back(st);
+  }
+  TORCH_CHECK(column == cols, "ukd: grad_pooled has ", cols, " columns but the features have ", column, " channels");
+  const auto tasks = plan_tasks(stages, batch);
+  AT_DISPATCH_FLOATING_TYPES(grad_pooled.scalar_type(), "ukd_pool_backward", [&] {
+    using acc_t = scalar_t;
+    const acc_t* g = grad_pooled.data_ptr<acc_t>();
+    at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const auto& t = tasks[i];
+        const auto& st = stages[t.stage];
+        void* out = const_cast<void*>(st.data);
+        switch (st.dtype) {
+          case at::kFloat: broadcast_task(st, t, g, cols, static_cast<float*>(out)); break;
+          case at::kDouble: broadcast_task(st, t, g, cols, static_cast<double*>(out)); break;
+          case at::kHalf: broadcast_task(st, t, g, cols, static_cast<at::Half*>(out)); break;
+          case at::kBFloat16: broadcast_task(st, t, g, cols, static_cast<at::BFloat16*>(out)); break;
+          default: TORCH_CHECK(false, "ukd: unsupported feature dtype");
+        }
+      }
+    });
+  });
+  return grads;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ukd, CPU, m) {
+  m.impl("fused_forward", &fused_forward_cpu);
+  m.impl("pool_backward", &pool_backward_cpu);
+}
+
+}  // namespace ukd

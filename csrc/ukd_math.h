@@ -1,0 +1,122 @@
+// The math of SPEC §2, once: element-wise terms and derivatives shared by the CPU and CUDA kernels.
+//
+// Every function is a pure scalar function of float or double, `__host__ __device__` under nvcc and plain
+// `inline` otherwise, so the CPU tests exercise exactly what the GPU runs. Notation (one row b, one class k):
+//   a, c        logits-like vectors compared by KL_T(a ‖ c), p_a = softmax(a/T), la = log p_a
+//   μ, r, ℓ     mean, raw log-variance, ℓ = clamp(r, -L, L);  z = μ + exp(ℓ/2)·ε
+#pragma once
+
+#include <cmath>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define UKD_HD __host__ __device__ __forceinline__
+#else
+#define UKD_HD inline
+#endif
+
+namespace ukd {
+
+UKD_HD float fexp(float x) { return expf(x); }
+UKD_HD double fexp(double x) { return exp(x); }
+UKD_HD float flog(float x) { return logf(x); }
+UKD_HD double flog(double x) { return log(x); }
+UKD_HD float fmax_(float a, float b) { return fmaxf(a, b); }
+UKD_HD double fmax_(double a, double b) { return fmax(a, b); }
+
+// ℓ = clamp(r, -L, L). NaN passes through, as in torch.clamp.
+template <typename T>
+UKD_HD T clamp_logvar(T r, T bound) {
+  return r < -bound ? -bound : (r > bound ? bound : r);
+}
+
+// dℓ/dr of torch.clamp: 1 inside the closed interval [-L, L], 0 outside.
+template <typename T>
+UKD_HD T clamp_grad(T r, T bound) {
+  return (r >= -bound && r <= bound) ? T(1) : T(0);
+}
+
+// z = μ + exp(ℓ/2)·ε, and dz/dℓ = ½·exp(ℓ/2)·ε.
+template <typename T>
+UKD_HD T sample(T mu, T logvar, T eps) {
+  return mu + fexp(logvar * T(0.5)) * eps;
+}
+template <typename T>
+UKD_HD T sample_dlogvar(T logvar, T eps) {
+  return T(0.5) * fexp(logvar * T(0.5)) * eps;
+}
+
+// Running (max, Σ exp(x - max)) of a row: the log-sum-exp in one pass, one exp per element plus one per new max.
+template <typename T>
+struct LogSumExp {
+  T max;
+  T sum;
+};
+template <typename T>
+UKD_HD LogSumExp<T> lse_init() {
+  return {-INFINITY, T(0)};
+}
+template <typename T>
+UKD_HD void lse_push(LogSumExp<T>& acc, T x) {
+  if (x > acc.max) {
+    acc.sum = acc.sum * fexp(acc.max - x) + T(1);
+    acc.max = x;
+  } else {
+    acc.sum += fexp(x - acc.max);
+  }
+}
+template <typename T>
+UKD_HD LogSumExp<T> lse_merge(LogSumExp<T> a, LogSumExp<T> b) {
+  if (a.max == -INFINITY) return b;
+  if (b.max == -INFINITY) return a;
+  T m = fmax_(a.max, b.max);
+  return {m, a.sum * fexp(a.max - m) + b.sum * fexp(b.max - m)};
+}
+template <typename T>
+UKD_HD T lse_value(LogSumExp<T> acc) {
+  return acc.max + flog(acc.sum);
+}
+
+// One element of Σ_k p_a (log p_a − log p_c): the row KL before the T² factor.
+template <typename T>
+UKD_HD T kl_elem(T log_pa, T log_pc) {
+  return fexp(log_pa) * (log_pa - log_pc);
+}
+
+// d KL_T(a ‖ c) / d a_k = (T/B)·p_a·(log p_a − log p_c − KL_row); `scale` = weight·T/B.
+template <typename T>
+UKD_HD T kl_grad_first(T log_pa, T log_pc, T kl_row, T scale) {
+  return scale * fexp(log_pa) * (log_pa - log_pc - kl_row);
+}
+
+// d KL_T(a ‖ c) / d c_k = (T/B)·(p_c − p_a); `scale` = weight·T/B.
+template <typename T>
+UKD_HD T kl_grad_second(T log_pa, T log_pc, T scale) {
+  return scale * (fexp(log_pc) - fexp(log_pa));
+}
+
+// KL(N_t ‖ N_s) of one dimension: ½ (ℓ_s − ℓ_t + (e^{ℓ_t} + (μ_t − μ_s)²) e^{−ℓ_s} − 1).
+template <typename T>
+UKD_HD T gauss_elem(T mu_s, T logvar_s, T mu_t, T logvar_t) {
+  T d = mu_t - mu_s;
+  return T(0.5) * (logvar_s - logvar_t + (fexp(logvar_t) + d * d) * fexp(-logvar_s) - T(1));
+}
+
+// Its derivatives with respect to μ_s, ℓ_s, μ_t, ℓ_t, each multiplied by `scale` (= weight/B).
+template <typename T>
+struct GaussGrad {
+  T mu_s, logvar_s, mu_t, logvar_t;
+};
+template <typename T>
+UKD_HD GaussGrad<T> gauss_grad(T mu_s, T logvar_s, T mu_t, T logvar_t, T scale) {
+  T d = mu_t - mu_s;
+  T inv_var_s = fexp(-logvar_s);
+  T var_ratio = fexp(logvar_t - logvar_s);
+  return {
+      -scale * d * inv_var_s,
+      scale * T(0.5) * (T(1) - var_ratio - d * d * inv_var_s),
+      scale * d * inv_var_s,
+      scale * T(0.5) * (var_ratio - T(1)),
+  };
+}
+
+}  // namespace ukd

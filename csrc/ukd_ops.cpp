@@ -1,0 +1,27 @@
+// The op schemas (one name per op; the tensors' device picks the CPU or CUDA kernel) and the module entry point.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(ukd, m) {
+  // Returns (loss, components[4], pooled_s, pooled_t, grad_y_s, grad_y_t, grad_logits_s, grad_logits_t);
+  // the last six are empty when need_grads is false. See ukd/backends/__init__.py for the full contract.
+  m.def(
+      "fused_forward(Tensor[] feats_s, Tensor[] feats_t, Tensor logits_s, Tensor logits_t, Tensor weight_s, "
+      "Tensor bias_s, Tensor weight_t, Tensor bias_t, Tensor? noise_s, Tensor? noise_t, float temperature, "
+      "float dist_weight, float gauss_weight, float supp_weight, float logit_weight, float logvar_bound, "
+      "bool need_grads) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // d loss / d feats[i] = grad_pooled[:, stage columns] / (H·W) broadcast over H, W: one write per element,
+  // in each feature's own dtype and memory format.
+  m.def("pool_backward(Tensor grad_pooled, Tensor[] feats) -> Tensor[]");
+}
+
+// `import ukd._C` loads the library above; the module itself holds nothing.
+#define UKD_CONCAT_(a, b) a##b
+#define UKD_CONCAT(a, b) UKD_CONCAT_(a, b)
+#ifndef TORCH_EXTENSION_NAME
+#define TORCH_EXTENSION_NAME _C
+#endif
+extern "C" PyMODINIT_FUNC UKD_CONCAT(PyInit_, TORCH_EXTENSION_NAME)(void) {
+  static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&def);
+}

@@ -1,0 +1,126 @@
+"""``UnifiedDistillLoss``: the two distribution heads as parameters, the loss through the fused op."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ukd.functional import COMPONENTS, ukd_loss
+
+__all__ = ["UnifiedDistillLoss"]
+
+
+def _channel_list(name: str, channels: int | Sequence[int]) -> list[int]:
+    out = [channels] if isinstance(channels, int) else list(channels)
+    if not out or not all(isinstance(c, int) and c > 0 for c in out):
+        raise ValueError(f"{name}: expected a positive int or a non-empty list of positive ints, got {channels!r}")
+    return out
+
+
+class UnifiedDistillLoss(nn.Module):
+    """The UKD loss (SPEC §2) with trainable student and teacher distribution heads.
+
+    Each head is an ``nn.Linear(ΣC, 2K)``: ``weight`` is ``(2K, ΣC)``, ``bias`` is ``(2K,)``. Rows ``0..K-1``
+    predict the mean μ, rows ``K..2K-1`` the log-variance ℓ; columns follow the stages in the order given.
+    Initialisation: PyTorch's ``nn.Linear`` default (uniform in ±1/√ΣC) for the weights and the mean bias,
+    and a zero log-variance bias, so every distribution starts near unit variance.
+
+    Args:
+        student_channels: channels of each student stage passed at call time, e.g. ``[64, 128, 256]``.
+        teacher_channels: channels of each teacher stage.
+        num_classes: K.
+        temperature, dist_weight, gauss_weight, supp_weight, logit_weight, logvar_bound: see SPEC §2.
+        sample: in training mode draw ε ~ N(0, I) with torch's RNG, fresh for student and teacher;
+            in eval mode (or with ``sample=False``) use the means, z = μ.
+        backend: "auto", "reference", "cpu", "cuda" or "triton".
+        check_finite: raise ``FloatingPointError`` on non-finite inputs or results.
+
+    Call:
+        ``loss = crit(student_feats, teacher_feats, student_logits, teacher_logits)``, with lists of
+        ``(B, C_k, H_k, W_k)`` or ``(B, C_k)`` features and ``(B, K)`` logits. Returns a 0-dim tensor; the
+        unweighted terms of the last call are in ``crit.last_components`` (detached), for logging.
+    """
+
+    def __init__(
+        self,
+        student_channels: int | Sequence[int],
+        teacher_channels: int | Sequence[int],
+        num_classes: int,
+        *,
+        temperature: float = 4.0,
+        dist_weight: float = 1.0,
+        gauss_weight: float = 0.0,
+        supp_weight: float = 1.0,
+        logit_weight: float = 1.0,
+        sample: bool = True,
+        logvar_bound: float = 10.0,
+        backend: str = "auto",
+        check_finite: bool = True,
+    ) -> None:
+        super().__init__()
+        self.student_channels = _channel_list("student_channels", student_channels)
+        self.teacher_channels = _channel_list("teacher_channels", teacher_channels)
+        if not (isinstance(num_classes, int) and num_classes > 0):
+            raise ValueError(f"num_classes: expected a positive int, got {num_classes!r}")
+        self.num_classes = num_classes
+        self.temperature = temperature
+        self.dist_weight = dist_weight
+        self.gauss_weight = gauss_weight
+        self.supp_weight = supp_weight
+        self.logit_weight = logit_weight
+        self.sample = sample
+        self.logvar_bound = logvar_bound
+        self.backend = backend
+        self.check_finite = check_finite
+        self.student_head = nn.Linear(sum(self.student_channels), 2 * num_classes)
+        self.teacher_head = nn.Linear(sum(self.teacher_channels), 2 * num_classes)
+        with torch.no_grad():
+            self.student_head.bias[num_classes:].zero_()
+            self.teacher_head.bias[num_classes:].zero_()
+        self.last_components: dict[str, Tensor] = {}
+
+    def forward(
+        self,
+        student_feats: Sequence[Tensor] | Tensor,
+        teacher_feats: Sequence[Tensor] | Tensor,
+        student_logits: Tensor,
+        teacher_logits: Tensor,
+    ) -> Tensor:
+        noise_s = noise_t = None
+        if self.sample and self.training and isinstance(student_logits, Tensor):
+            dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
+            noise_s = torch.randn(student_logits.shape, dtype=dtype, device=student_logits.device)
+            noise_t = torch.randn(student_logits.shape, dtype=dtype, device=student_logits.device)
+        loss, components = ukd_loss(
+            student_feats,
+            teacher_feats,
+            student_logits,
+            teacher_logits,
+            self.student_head.weight,
+            self.student_head.bias,
+            self.teacher_head.weight,
+            self.teacher_head.bias,
+            noise_s=noise_s,
+            noise_t=noise_t,
+            temperature=self.temperature,
+            dist_weight=self.dist_weight,
+            gauss_weight=self.gauss_weight,
+            supp_weight=self.supp_weight,
+            logit_weight=self.logit_weight,
+            logvar_bound=self.logvar_bound,
+            backend=self.backend,
+            check_finite=self.check_finite,
+            return_components=True,
+        )
+        self.last_components = {name: components[name].detach() for name in COMPONENTS}
+        return loss
+
+    def extra_repr(self) -> str:
+        return (
+            f"student_channels={self.student_channels}, teacher_channels={self.teacher_channels}, "
+            f"num_classes={self.num_classes}, temperature={self.temperature}, weights=(dist={self.dist_weight}, "
+            f"gauss={self.gauss_weight}, supp={self.supp_weight}, logit={self.logit_weight}), "
+            f"sample={self.sample}, backend={self.backend!r}"
+        )

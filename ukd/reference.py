@@ -1,0 +1,107 @@
+"""SPEC §2 in plain PyTorch: the oracle every fused backend is tested against.
+
+Every function reads like the equation it implements; autograd provides the gradients.
+Nothing here is fused or clever, and nothing should become so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "pool_stages",
+    "distribution_params",
+    "kl_softmax",
+    "gaussian_kl",
+    "unified_loss",
+]
+
+
+def pool_stages(feats: Sequence[Tensor]) -> Tensor:
+    """``p = concat_k mean_{h,w} F^k``.
+
+    Args:
+        feats: stage features, each ``(B, C_k, H_k, W_k)`` (any memory format) or ``(B, C_k)`` already pooled.
+
+    Returns:
+        ``(B, ΣC_k)`` in the features' (promoted) dtype.
+    """
+    pooled = [f if f.dim() == 2 else f.mean(dim=(2, 3)) for f in feats]
+    return torch.cat(pooled, dim=1)
+
+
+def distribution_params(
+    pooled: Tensor, weight: Tensor, bias: Tensor, logvar_bound: float
+) -> tuple[Tensor, Tensor]:
+    """``[μ; r] = p Wᵀ + b``, ``ℓ = clamp(r, -L, L)``.
+
+    Args:
+        pooled: ``(B, ΣC)``.
+        weight: ``(2K, ΣC)``; rows ``0..K-1`` give μ, rows ``K..2K-1`` give the raw log-variance r.
+        bias: ``(2K,)``.
+
+    Returns:
+        ``(μ, ℓ)``, each ``(B, K)``.
+    """
+    mu, raw_logvar = torch.nn.functional.linear(pooled, weight, bias).chunk(2, dim=1)
+    return mu, raw_logvar.clamp(-logvar_bound, logvar_bound)
+
+
+def kl_softmax(a: Tensor, c: Tensor, temperature: float) -> Tensor:
+    """``KL_T(a ‖ c) = T² · (1/B) Σ_b Σ_k softmax(a_b/T)_k (log softmax(a_b/T)_k − log softmax(c_b/T)_k)``."""
+    log_pa = torch.log_softmax(a / temperature, dim=1)
+    log_pc = torch.log_softmax(c / temperature, dim=1)
+    return temperature**2 * (log_pa.exp() * (log_pa - log_pc)).sum(dim=1).mean()
+
+
+def gaussian_kl(mu_t: Tensor, logvar_t: Tensor, mu_s: Tensor, logvar_s: Tensor) -> Tensor:
+    """``G = (1/B) Σ_b Σ_k ½ (ℓ_s − ℓ_t + (e^{ℓ_t} + (μ_t − μ_s)²) e^{−ℓ_s} − 1) = KL(N_t ‖ N_s)``."""
+    per_elem = 0.5 * (logvar_s - logvar_t + (logvar_t.exp() + (mu_t - mu_s) ** 2) * (-logvar_s).exp() - 1)
+    return per_elem.sum(dim=1).mean()
+
+
+def unified_loss(
+    student_feats: Sequence[Tensor],
+    teacher_feats: Sequence[Tensor],
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    student_weight: Tensor,
+    student_bias: Tensor,
+    teacher_weight: Tensor,
+    teacher_bias: Tensor,
+    *,
+    noise_s: Tensor | None = None,
+    noise_t: Tensor | None = None,
+    temperature: float = 4.0,
+    dist_weight: float = 1.0,
+    gauss_weight: float = 0.0,
+    supp_weight: float = 1.0,
+    logit_weight: float = 1.0,
+    logvar_bound: float = 10.0,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The UKD loss of SPEC §2, computed in the dtype of its (promoted) inputs.
+
+    Returns:
+        ``(loss, {"dist", "gauss", "supp", "logit"})``, all 0-dim tensors.
+    """
+    mu_s, logvar_s = distribution_params(pool_stages(student_feats), student_weight, student_bias, logvar_bound)
+    mu_t, logvar_t = distribution_params(pool_stages(teacher_feats), teacher_weight, teacher_bias, logvar_bound)
+    z_s = mu_s if noise_s is None else mu_s + (logvar_s / 2).exp() * noise_s
+    z_t = mu_t if noise_t is None else mu_t + (logvar_t / 2).exp() * noise_t
+
+    components = {
+        "dist": kl_softmax(z_t, z_s, temperature),
+        "gauss": gaussian_kl(mu_t, logvar_t, mu_s, logvar_s),
+        "supp": kl_softmax(student_logits, z_s, temperature) + kl_softmax(teacher_logits, z_t, temperature),
+        "logit": kl_softmax(teacher_logits, student_logits, temperature),
+    }
+    loss = (
+        dist_weight * components["dist"]
+        + gauss_weight * components["gauss"]
+        + supp_weight * components["supp"]
+        + logit_weight * components["logit"]
+    )
+    return loss, components
