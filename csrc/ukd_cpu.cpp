@@ -142,6 +142,8 @@ struct Weights {
 
 // One pass over the B rows of [μ; r] (student and teacher) and the logits: per-row terms into `rows`
 // (B, 4) and, when the grad pointers are non-null, the gradients of the weighted mean loss.
+// Six exps per class and row: σ_s, σ_t, and one softmax numerator for each of z_s, z_t, l_s, l_t; every
+// other exp of the math is recovered from those (probabilities are kept, log-probabilities are x/T − lse).
 template <typename T>
 void row_pass(int64_t batch, int64_t k, const T* y_s, const T* y_t, const T* l_s, const T* l_t, const T* eps_s,
               const T* eps_t, const Weights& w, T* rows, T* gy_s, T* gy_t, T* gl_s, T* gl_t) {
@@ -151,38 +153,46 @@ void row_pass(int64_t batch, int64_t k, const T* y_s, const T* y_t, const T* l_s
   const T s_logit = static_cast<T>(w.logit) * temp * per_row, s_gauss = static_cast<T>(w.gauss) * per_row;
   const bool grads = gy_s != nullptr;
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-    // z_s, z_t, then log-softmax at T of z_s, z_t, l_s, l_t.
-    std::vector<T> scratch(6 * k);
+    std::vector<T> scratch(8 * k);
     T* z_s = scratch.data();
     T* z_t = z_s + k;
-    T* lp[4] = {z_t + k, z_t + 2 * k, z_t + 3 * k, z_t + 4 * k};
+    T* std_s = z_t + k;
+    T* std_t = std_s + k;
+    T* prob[4] = {std_t + k, std_t + 2 * k, std_t + 3 * k, std_t + 4 * k};  // softmax(x/T) of z_s, z_t, l_s, l_t
     for (int64_t b = begin; b < end; ++b) {
       const T *mu_s = y_s + b * 2 * k, *r_s = mu_s + k, *mu_t = y_t + b * 2 * k, *r_t = mu_t + k;
       const T *ls = l_s + b * k, *lt = l_t + b * k;
+      const T *es = eps_s ? eps_s + b * k : nullptr, *et = eps_t ? eps_t + b * k : nullptr;
       T gauss = 0;
       for (int64_t j = 0; j < k; ++j) {
         const T lv_s = clamp_logvar(r_s[j], bound), lv_t = clamp_logvar(r_t[j], bound);
-        z_s[j] = eps_s ? sample(mu_s[j], lv_s, eps_s[b * k + j]) : mu_s[j];
-        z_t[j] = eps_t ? sample(mu_t[j], lv_t, eps_t[b * k + j]) : mu_t[j];
-        gauss += gauss_elem(mu_s[j], lv_s, mu_t[j], lv_t);
+        std_s[j] = std_of(lv_s);
+        std_t[j] = std_of(lv_t);
+        z_s[j] = es ? sample(mu_s[j], std_s[j], es[j]) : mu_s[j];
+        z_t[j] = et ? sample(mu_t[j], std_t[j], et[j]) : mu_t[j];
+        gauss += gauss_elem(gauss_terms(mu_s[j], std_s[j], mu_t[j], std_t[j]), lv_s, lv_t);
       }
       const T* src[4] = {z_s, z_t, ls, lt};
+      T lse[4];
       for (int v = 0; v < 4; ++v) {
         T m = -INFINITY;
         for (int64_t j = 0; j < k; ++j) m = fmax_(m, src[v][j]);
         m *= inv_t;
         T sum = 0;
-        for (int64_t j = 0; j < k; ++j) sum += fexp(src[v][j] * inv_t - m);
-        const T lse = m + flog(sum);
-        for (int64_t j = 0; j < k; ++j) lp[v][j] = src[v][j] * inv_t - lse;
+        for (int64_t j = 0; j < k; ++j) sum += (prob[v][j] = fexp(src[v][j] * inv_t - m));
+        const T inv_sum = T(1) / sum;
+        for (int64_t j = 0; j < k; ++j) prob[v][j] *= inv_sum;
+        lse[v] = m + flog(sum);
       }
-      const T *lzs = lp[0], *lzt = lp[1], *lls = lp[2], *llt = lp[3];
+      const T *p_zs = prob[0], *p_zt = prob[1], *p_ls = prob[2], *p_lt = prob[3];
+      auto logp = [&](int v, int64_t j) { return src[v][j] * inv_t - lse[v]; };
       T kl_dist = 0, kl_supp_s = 0, kl_supp_t = 0, kl_logit = 0;
       for (int64_t j = 0; j < k; ++j) {
-        kl_dist += kl_elem(lzt[j], lzs[j]);
-        kl_supp_s += kl_elem(lls[j], lzs[j]);
-        kl_supp_t += kl_elem(llt[j], lzt[j]);
-        kl_logit += kl_elem(llt[j], lls[j]);
+        const T lzs = logp(0, j), lzt = logp(1, j), lls = logp(2, j), llt = logp(3, j);
+        kl_dist += kl_elem(p_zt[j], lzt, lzs);
+        kl_supp_s += kl_elem(p_ls[j], lls, lzs);
+        kl_supp_t += kl_elem(p_lt[j], llt, lzt);
+        kl_logit += kl_elem(p_lt[j], llt, lls);
       }
       T* row = rows + 4 * b;
       row[0] = temp * temp * kl_dist;
@@ -190,18 +200,16 @@ void row_pass(int64_t batch, int64_t k, const T* y_s, const T* y_t, const T* l_s
       row[2] = temp * temp * (kl_supp_s + kl_supp_t);
       row[3] = temp * temp * kl_logit;
       if (!grads) continue;
+      T *gys = gy_s + b * 2 * k, *gyt = gy_t + b * 2 * k, *gls = gl_s + b * k, *glt = gl_t + b * k;
       for (int64_t j = 0; j < k; ++j) {
-        const T dz_t = kl_grad_first(lzt[j], lzs[j], kl_dist, s_dist) + kl_grad_second(llt[j], lzt[j], s_supp);
-        const T dz_s = kl_grad_second(lzt[j], lzs[j], s_dist) + kl_grad_second(lls[j], lzs[j], s_supp);
-        gl_s[b * k + j] = kl_grad_first(lls[j], lzs[j], kl_supp_s, s_supp) + kl_grad_second(llt[j], lls[j], s_logit);
-        gl_t[b * k + j] = kl_grad_first(llt[j], lzt[j], kl_supp_t, s_supp) +
-                          kl_grad_first(llt[j], lls[j], kl_logit, s_logit);
-        const T lv_s = clamp_logvar(r_s[j], bound), lv_t = clamp_logvar(r_t[j], bound);
-        const GaussGrad<T> g = gauss_grad(mu_s[j], lv_s, mu_t[j], lv_t, s_gauss);
-        const T dlv_s = g.logvar_s + (eps_s ? dz_s * sample_dlogvar(lv_s, eps_s[b * k + j]) : T(0));
-        const T dlv_t = g.logvar_t + (eps_t ? dz_t * sample_dlogvar(lv_t, eps_t[b * k + j]) : T(0));
-        T* gys = gy_s + b * 2 * k;
-        T* gyt = gy_t + b * 2 * k;
+        const T lzs = logp(0, j), lzt = logp(1, j), lls = logp(2, j), llt = logp(3, j);
+        const T dz_t = kl_grad_first(p_zt[j], lzt, lzs, kl_dist, s_dist) + kl_grad_second(p_lt[j], p_zt[j], s_supp);
+        const T dz_s = kl_grad_second(p_zt[j], p_zs[j], s_dist) + kl_grad_second(p_ls[j], p_zs[j], s_supp);
+        gls[j] = kl_grad_first(p_ls[j], lls, lzs, kl_supp_s, s_supp) + kl_grad_second(p_lt[j], p_ls[j], s_logit);
+        glt[j] = kl_grad_first(p_lt[j], llt, lzt, kl_supp_t, s_supp) + kl_grad_first(p_lt[j], llt, lls, kl_logit, s_logit);
+        const GaussGrad<T> g = gauss_grad(gauss_terms(mu_s[j], std_s[j], mu_t[j], std_t[j]), s_gauss);
+        const T dlv_s = g.logvar_s + (es ? dz_s * sample_dlogvar(std_s[j], es[j]) : T(0));
+        const T dlv_t = g.logvar_t + (et ? dz_t * sample_dlogvar(std_t[j], et[j]) : T(0));
         gys[j] = dz_s + g.mu_s;
         gyt[j] = dz_t + g.mu_t;
         gys[k + j] = dlv_s * clamp_grad(r_s[j], bound);
@@ -235,7 +243,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused
     gl_s = at::empty({batch, k}, opts);
     gl_t = at::empty({batch, k}, opts);
   } else {
-    gy_s = gy_t = gl_s = gl_t = pooled_s = pooled_t = at::empty({0}, opts);
+    for (Tensor* t : {&gy_s, &gy_t, &gl_s, &gl_t, &pooled_s, &pooled_t}) *t = at::empty({0}, opts);  // distinct: no aliasing
   }
   const Weights w{temperature, dist_weight, gauss_weight, supp_weight, logit_weight, logvar_bound};
   AT_DISPATCH_FLOATING_TYPES(dtype, "ukd_rows", [&] {

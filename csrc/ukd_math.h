@@ -35,17 +35,22 @@ UKD_HD T clamp_grad(T r, T bound) {
   return (r >= -bound && r <= bound) ? T(1) : T(0);
 }
 
-// z = μ + exp(ℓ/2)·ε, and dz/dℓ = ½·exp(ℓ/2)·ε.
+// z = μ + σ·ε with σ = exp(ℓ/2), and dz/dℓ = ½·σ·ε.
 template <typename T>
-UKD_HD T sample(T mu, T logvar, T eps) {
-  return mu + fexp(logvar * T(0.5)) * eps;
+UKD_HD T std_of(T logvar) {
+  return fexp(logvar * T(0.5));
 }
 template <typename T>
-UKD_HD T sample_dlogvar(T logvar, T eps) {
-  return T(0.5) * fexp(logvar * T(0.5)) * eps;
+UKD_HD T sample(T mu, T std, T eps) {
+  return mu + std * eps;
+}
+template <typename T>
+UKD_HD T sample_dlogvar(T std, T eps) {
+  return T(0.5) * std * eps;
 }
 
-// Running (max, Σ exp(x - max)) of a row: the log-sum-exp in one pass, one exp per element plus one per new max.
+// Running (max, Σ exp(x − max)) of a row: the log-sum-exp in one pass over K tiles (used by the GPU kernels;
+// the CPU row pass has the whole row in cache and takes the max first).
 template <typename T>
 struct LogSumExp {
   T max;
@@ -78,27 +83,39 @@ UKD_HD T lse_value(LogSumExp<T> acc) {
 
 // One element of Σ_k p_a (log p_a − log p_c): the row KL before the T² factor.
 template <typename T>
-UKD_HD T kl_elem(T log_pa, T log_pc) {
-  return fexp(log_pa) * (log_pa - log_pc);
+UKD_HD T kl_elem(T p_a, T log_pa, T log_pc) {
+  return p_a * (log_pa - log_pc);
 }
 
 // d KL_T(a ‖ c) / d a_k = (T/B)·p_a·(log p_a − log p_c − KL_row); `scale` = weight·T/B.
 template <typename T>
-UKD_HD T kl_grad_first(T log_pa, T log_pc, T kl_row, T scale) {
-  return scale * fexp(log_pa) * (log_pa - log_pc - kl_row);
+UKD_HD T kl_grad_first(T p_a, T log_pa, T log_pc, T kl_row, T scale) {
+  return scale * p_a * (log_pa - log_pc - kl_row);
 }
 
 // d KL_T(a ‖ c) / d c_k = (T/B)·(p_c − p_a); `scale` = weight·T/B.
 template <typename T>
-UKD_HD T kl_grad_second(T log_pa, T log_pc, T scale) {
-  return scale * (fexp(log_pc) - fexp(log_pa));
+UKD_HD T kl_grad_second(T p_a, T p_c, T scale) {
+  return scale * (p_c - p_a);
 }
 
-// KL(N_t ‖ N_s) of one dimension: ½ (ℓ_s − ℓ_t + (e^{ℓ_t} + (μ_t − μ_s)²) e^{−ℓ_s} − 1).
+// KL(N_t ‖ N_s) of one dimension, ½ (ℓ_s − ℓ_t + (e^{ℓ_t} + (μ_t − μ_s)²) e^{−ℓ_s} − 1), from the standard
+// deviations σ = e^{ℓ/2} already computed for the sample: no exp of its own. Finite in float32 while |ℓ| ≤ 80.
 template <typename T>
-UKD_HD T gauss_elem(T mu_s, T logvar_s, T mu_t, T logvar_t) {
-  T d = mu_t - mu_s;
-  return T(0.5) * (logvar_s - logvar_t + (fexp(logvar_t) + d * d) * fexp(-logvar_s) - T(1));
+struct GaussTerms {
+  T d;          // μ_t − μ_s
+  T var_ratio;  // e^{ℓ_t − ℓ_s}
+  T inv_var_s;  // e^{−ℓ_s}
+};
+template <typename T>
+UKD_HD GaussTerms<T> gauss_terms(T mu_s, T std_s, T mu_t, T std_t) {
+  const T inv_std_s = T(1) / std_s;
+  const T ratio = std_t * inv_std_s;
+  return {mu_t - mu_s, ratio * ratio, inv_std_s * inv_std_s};
+}
+template <typename T>
+UKD_HD T gauss_elem(const GaussTerms<T>& g, T logvar_s, T logvar_t) {
+  return T(0.5) * (logvar_s - logvar_t + g.var_ratio + g.d * g.d * g.inv_var_s - T(1));
 }
 
 // Its derivatives with respect to μ_s, ℓ_s, μ_t, ℓ_t, each multiplied by `scale` (= weight/B).
@@ -107,16 +124,10 @@ struct GaussGrad {
   T mu_s, logvar_s, mu_t, logvar_t;
 };
 template <typename T>
-UKD_HD GaussGrad<T> gauss_grad(T mu_s, T logvar_s, T mu_t, T logvar_t, T scale) {
-  T d = mu_t - mu_s;
-  T inv_var_s = fexp(-logvar_s);
-  T var_ratio = fexp(logvar_t - logvar_s);
-  return {
-      -scale * d * inv_var_s,
-      scale * T(0.5) * (T(1) - var_ratio - d * d * inv_var_s),
-      scale * d * inv_var_s,
-      scale * T(0.5) * (var_ratio - T(1)),
-  };
+UKD_HD GaussGrad<T> gauss_grad(const GaussTerms<T>& g, T scale) {
+  const T dmu = scale * g.d * g.inv_var_s;
+  return {-dmu, scale * T(0.5) * (T(1) - g.var_ratio - g.d * g.d * g.inv_var_s), dmu,
+          scale * T(0.5) * (g.var_ratio - T(1))};
 }
 
 }  // namespace ukd

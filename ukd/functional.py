@@ -56,7 +56,9 @@ def _unified_loss(
         temperature, dist_weight, gauss_weight, supp_weight, logit_weight, logvar_bound, need_grads,
     )  # fmt: skip
     if check_finite:
-        _check_finite_result(out, feats_s, feats_t, logits_s, logits_t, weight_s, bias_s, weight_t, bias_t, noise_s, noise_t)
+        _check_finite_result(
+            out, feats_s, feats_t, logits_s, logits_t, weight_s, bias_s, weight_t, bias_t, noise_s, noise_t
+        )
     return tuple(out)
 
 
@@ -66,7 +68,7 @@ def _(feats_s, feats_t, logits_s, logits_t, weight_s, bias_s, weight_t, bias_t, 
     batch, k2 = logits_s.shape[0], weight_s.shape[0]
     new = weight_s.new_empty
     if not need_grads:
-        return (new(()), new(4)) + tuple(new(0) for _ in range(6))
+        return (new(()), new(4), *(new(0) for _ in range(6)))
     return (
         new(()),
         new(4),
@@ -128,7 +130,7 @@ _FEATS_S, _FEATS_T, _LOGITS_S, _LOGITS_T, _WEIGHT_S, _BIAS_S, _WEIGHT_T, _BIAS_T
 def _setup_context(ctx, inputs, output):
     feats_s, feats_t, _, _, weight_s, _, weight_t = inputs[:7]
     backend = inputs[-1]
-    _, components, pooled_s, pooled_t, grad_y_s, grad_y_t, grad_logits_s, grad_logits_t = output
+    _, _, pooled_s, pooled_t, grad_y_s, grad_y_t, grad_logits_s, grad_logits_t = output
     ctx.mark_non_differentiable(*output[1:])
     ctx.backend = backend
     ctx.num_feats_s = len(feats_s)
@@ -149,8 +151,8 @@ def _backward(ctx, grad_loss, *unused_grads):
     grads_feats_s, grads_feats_t, *small = grads
     small = [g if needs[i + 2] else None for i, g in enumerate(small)]
     return (
-        list(grads_feats_s) if need_s else None,
-        list(grads_feats_t) if need_t else None,
+        _per_feature(grads_feats_s, needs[_FEATS_S], len(feats_s)),
+        _per_feature(grads_feats_t, needs[_FEATS_T], len(feats_t)),
         *small,
         *([None] * 11),
     )
@@ -160,6 +162,13 @@ def _any_need(flag, feats) -> bool:
     if isinstance(flag, (list, tuple)):
         return any(flag)
     return bool(flag) and len(feats) > 0
+
+
+def _per_feature(grads: list[Tensor], flag, n: int) -> list[Optional[Tensor]]:
+    flags = list(flag) if isinstance(flag, (list, tuple)) else [bool(flag)] * n
+    if not any(flags):
+        return [None] * n
+    return [g if f else None for g, f in zip(grads, flags)]
 
 
 torch.library.register_autograd("ukd::unified_loss", _backward, setup_context=_setup_context)
@@ -191,34 +200,37 @@ def _check_feats(name: str, feats: object, batch: int) -> list[Tensor]:
         if f.dim() not in (2, 4):
             raise ValueError(f"{name}[{i}]: expected a (B, C, H, W) or (B, C) tensor, got shape {tuple(f.shape)}")
         if f.shape[0] != batch:
-            raise ValueError(
-                f"{name}[{i}]: batch size {f.shape[0]} does not match student_logits' batch size {batch}"
-            )
+            raise ValueError(f"{name}[{i}]: batch size {f.shape[0]} does not match student_logits' batch size {batch}")
         if f.shape[1] == 0 or (f.dim() == 4 and f.shape[2] * f.shape[3] == 0):
             raise ValueError(f"{name}[{i}]: expected non-empty channels and spatial size, got shape {tuple(f.shape)}")
         out.append(f)
     return out
 
 
-def _check_head(prefix: str, weight: object, bias: object, channels: int, k: int) -> None:
+def _check_head(prefix: str, weight: object, bias: object, stage_channels: list[int], k: int) -> None:
+    channels = sum(stage_channels)
     weight = _check_tensor(f"{prefix}_weight", weight)
     bias = _check_tensor(f"{prefix}_bias", bias)
     if weight.dim() != 2 or weight.shape[0] % 2:
-        raise ValueError(f"{prefix}_weight: expected shape (2K, ΣC) with an even number of rows, got {tuple(weight.shape)}")
+        raise ValueError(
+            f"{prefix}_weight: expected shape (2K, ΣC) with an even number of rows, got {tuple(weight.shape)}"
+        )
     if weight.shape[0] != 2 * k:
         raise ValueError(
             f"{prefix}_weight: expected {2 * k} rows (2K for K={k} classes of the logits), got {weight.shape[0]}"
         )
     if weight.shape[1] != channels:
         raise ValueError(
-            f"{prefix}_weight: expected {channels} columns (the total channels of {prefix}_feats), "
-            f"got {weight.shape[1]}"
+            f"{prefix}_weight: expected {channels} columns (the total channels of {prefix}_feats: "
+            f"{stage_channels}), got {weight.shape[1]}"
         )
     if bias.shape != (2 * k,):
         raise ValueError(f"{prefix}_bias: expected shape ({2 * k},), got {tuple(bias.shape)}")
 
 
-def _check_finite_result(out, feats_s, feats_t, logits_s, logits_t, weight_s, bias_s, weight_t, bias_t, noise_s, noise_t):
+def _check_finite_result(
+    out, feats_s, feats_t, logits_s, logits_t, weight_s, bias_s, weight_t, bias_t, noise_s, noise_t
+):
     """Raise if the loss or any gradient it produced is non-finite, naming the culprit input when there is one."""
     loss, _, _, _, *grads = out
     flag = torch.isfinite(loss) & torch.isfinite(logits_s).all() & torch.isfinite(logits_t).all()
@@ -311,8 +323,8 @@ def ukd_loss(
         )
     feats_s = _check_feats("student_feats", student_feats, batch)
     feats_t = _check_feats("teacher_feats", teacher_feats, batch)
-    _check_head("student", student_weight, student_bias, sum(f.shape[1] for f in feats_s), k)
-    _check_head("teacher", teacher_weight, teacher_bias, sum(f.shape[1] for f in feats_t), k)
+    _check_head("student", student_weight, student_bias, [f.shape[1] for f in feats_s], k)
+    _check_head("teacher", teacher_weight, teacher_bias, [f.shape[1] for f in feats_t], k)
     for name, noise in (("noise_s", noise_s), ("noise_t", noise_t)):
         if noise is not None:
             _check_tensor(name, noise)

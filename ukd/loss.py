@@ -88,6 +88,8 @@ class UnifiedDistillLoss(nn.Module):
         student_logits: Tensor,
         teacher_logits: Tensor,
     ) -> Tensor:
+        self._check_stages("student", student_feats, self.student_channels)
+        self._check_stages("teacher", teacher_feats, self.teacher_channels)
         noise_s = noise_t = None
         if self.sample and self.training and isinstance(student_logits, Tensor):
             dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
@@ -116,6 +118,20 @@ class UnifiedDistillLoss(nn.Module):
         )
         self.last_components = {name: components[name].detach() for name in COMPONENTS}
         return loss
+
+    @staticmethod
+    def _check_stages(prefix: str, feats: Sequence[Tensor] | Tensor, expected: list[int]) -> None:
+        feats = [feats] if isinstance(feats, Tensor) else feats
+        if not isinstance(feats, Sequence) or len(feats) != len(expected):
+            got = len(feats) if isinstance(feats, Sequence) else type(feats).__name__
+            raise ValueError(
+                f"{prefix}_feats: expected {len(expected)} stages ({prefix}_channels={expected}), got {got}"
+            )
+        for i, (f, c) in enumerate(zip(feats, expected)):
+            if isinstance(f, Tensor) and f.dim() >= 2 and f.shape[1] != c:
+                raise ValueError(
+                    f"{prefix}_feats[{i}]: expected {c} channels ({prefix}_channels[{i}]), got {f.shape[1]}"
+                )
 
     def extra_repr(self) -> str:
         return (

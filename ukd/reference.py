@@ -33,9 +33,7 @@ def pool_stages(feats: Sequence[Tensor]) -> Tensor:
     return torch.cat(pooled, dim=1)
 
 
-def distribution_params(
-    pooled: Tensor, weight: Tensor, bias: Tensor, logvar_bound: float
-) -> tuple[Tensor, Tensor]:
+def distribution_params(pooled: Tensor, weight: Tensor, bias: Tensor, logvar_bound: float) -> tuple[Tensor, Tensor]:
     """``[μ; r] = p Wᵀ + b``, ``ℓ = clamp(r, -L, L)``.
 
     Args:

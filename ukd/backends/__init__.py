@@ -24,7 +24,6 @@ grad_logits_s, grad_logits_t, need_feat_grads_s, need_feat_grads_t)``
 
 from __future__ import annotations
 
-import functools
 import importlib
 import os
 from types import ModuleType
@@ -38,14 +37,19 @@ class BackendUnavailableError(RuntimeError):
     """A backend asked for by name cannot run; the message says why."""
 
 
-@functools.cache
+_STATUS: dict[str, str | None] = {}  # a plain dict, not functools.cache: torch.compile traces it as a constant
+
+
 def _triton_status() -> str | None:
     """``None`` when Triton can be used, else the reason it cannot."""
-    try:
-        import triton  # noqa: F401
-    except ImportError as exc:  # pragma: no cover - depends on the machine
-        return f"Triton is not importable ({exc}); install it with `pip install triton`"
-    return None
+    if "triton" not in _STATUS:
+        try:
+            import triton  # noqa: F401
+
+            _STATUS["triton"] = None
+        except ImportError as exc:  # pragma: no cover - depends on the machine
+            _STATUS["triton"] = f"Triton is not importable ({exc}); install it with `pip install triton`"
+    return _STATUS["triton"]
 
 
 def _triton_interpreted() -> bool:
@@ -55,7 +59,8 @@ def _triton_interpreted() -> bool:
 def _check_triton(device: torch.device) -> ModuleType:
     reason = _triton_status()
     if reason is None and device.type == "cpu" and not _triton_interpreted():
-        reason = "Triton kernels on CPU tensors run only under the interpreter: set TRITON_INTERPRET=1 before importing triton"
+        reason = "Triton kernels on CPU tensors run only under the interpreter: set TRITON_INTERPRET=1 before importing"
+        reason += " triton"
     if reason is None and device.type not in ("cpu", "cuda"):
         reason = f"Triton kernels run on CUDA tensors (or CPU under TRITON_INTERPRET=1), not on {device.type}"
     if reason is not None:

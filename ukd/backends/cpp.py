@@ -8,7 +8,6 @@ with ``torch.utils.cpp_extension.load`` (needs ninja and a C++ compiler).
 
 from __future__ import annotations
 
-import functools
 import os
 import warnings
 from pathlib import Path
@@ -19,9 +18,17 @@ from torch import Tensor
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 
 
-@functools.cache
+_STATUS: dict[str, str | None] = {}  # a plain dict, not functools.cache: torch.compile traces it as a constant
+
+
 def _load() -> str | None:
-    """Load the extension; ``None`` on success, else why it is unavailable."""
+    """Load the extension once; ``None`` on success, else why it is unavailable."""
+    if "extension" not in _STATUS:
+        _STATUS["extension"] = _build_or_import()
+    return _STATUS["extension"]
+
+
+def _build_or_import() -> str | None:
     if os.environ.get("UKD_DISABLE_EXTENSION") == "1":
         return "the extension is disabled by UKD_DISABLE_EXTENSION=1"
     try:
@@ -114,8 +121,12 @@ def backward(
     need_feat_grads_t: bool,
 ) -> tuple:
     """See :mod:`ukd.backends` for the contract."""
-    grad_weight_s, grad_bias_s, grad_pooled_s = head_backward(grad_loss, grad_y_s, pooled_s, weight_s, need_feat_grads_s)
-    grad_weight_t, grad_bias_t, grad_pooled_t = head_backward(grad_loss, grad_y_t, pooled_t, weight_t, need_feat_grads_t)
+    grad_weight_s, grad_bias_s, grad_pooled_s = head_backward(
+        grad_loss, grad_y_s, pooled_s, weight_s, need_feat_grads_s
+    )
+    grad_weight_t, grad_bias_t, grad_pooled_t = head_backward(
+        grad_loss, grad_y_t, pooled_t, weight_t, need_feat_grads_t
+    )
     grads_feats_s = torch.ops.ukd.pool_backward(grad_pooled_s, feats_s) if need_feat_grads_s else []
     grads_feats_t = torch.ops.ukd.pool_backward(grad_pooled_t, feats_t) if need_feat_grads_t else []
     return (

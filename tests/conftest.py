@@ -1,0 +1,16 @@
+import pytest
+import torch
+
+from ukd.testing import available_backends
+
+FUSED_CPU = [b for b in available_backends("cpu") if b != "triton"]  # triton has its own interpreter tests
+
+
+@pytest.fixture(params=FUSED_CPU or [pytest.param("cpu", marks=pytest.mark.skip(reason="no fused backend built"))])
+def fused_backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,110 @@
+"""CIFAR VGG networks with batch normalisation, in the variant used by CRD and mdistiller.
+
+Architecture: five blocks of 3x3 convolution + BN + ReLU layers (channel widths 64, 128, 256, 512, 512), a 2x2 max
+pool after each of the first three blocks, global average pooling and a single linear classifier (512 -> K).
+The convolutions carry a bias, as in the CRD/mdistiller models (the published parameter counts include it).
+
+Convolutions per block:
+    vgg8:  1, 1, 1, 1, 1        vgg11: 1, 1, 2, 2, 2        vgg13: 2, 2, 2, 2, 2
+    vgg16: 2, 2, 3, 3, 3        vgg19: 2, 2, 4, 4, 4
+
+Pooling choice: the three max pools use ``ceil_mode=True``, so a side of length s becomes ceil(s / 2). For 32x32
+inputs this is identical to floor pooling (32 -> 16 -> 8 -> 4, the CIFAR network exactly); for 28x28 inputs the
+sides are 28 -> 14 -> 7 -> 4 (floor pooling would give 3), and no input of side >= 1 ever shrinks to zero. There is
+no pool between blocks 4 and 5 (mdistiller adds one only for 64x64 inputs, which this zoo does not model); the
+final pooling is adaptive.
+
+The five block outputs are the stage features: for 32x32 inputs they are 32, 16, 8, 4, 4 pixels wide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._common import ModelOutput, check_positive, global_pool, init_weights
+
+WIDTHS = (64, 128, 256, 512, 512)
+DEPTHS: dict[str, tuple[int, int, int, int, int]] = {
+    "vgg8": (1, 1, 1, 1, 1),
+    "vgg11": (1, 1, 2, 2, 2),
+    "vgg13": (2, 2, 2, 2, 2),
+    "vgg16": (2, 2, 3, 3, 3),
+    "vgg19": (2, 2, 4, 4, 4),
+}
+
+
+def _block(in_channels: int, width: int, depth: int) -> nn.Sequential:
+    """``depth`` conv3x3-BN layers with a ReLU between consecutive layers but NOT after the last one.
+
+    (B, in_channels, H, W) -> (B, width, H, W); the caller applies the final ReLU so that the pre-activation is
+    available.
+    """
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        if i > 0:
+            layers.append(nn.ReLU())
+        layers.append(nn.Conv2d(in_channels if i == 0 else width, width, 3, padding=1, bias=True))
+        layers.append(nn.BatchNorm2d(width))
+    return nn.Sequential(*layers)
+
+
+class VGG(nn.Module):
+    """CIFAR VGG-BN.
+
+    Args:
+        depths: number of conv layers in each of the five blocks.
+        num_classes: classifier outputs K.
+        in_channels: input image channels.
+
+    ``forward(x)`` with x (B, in_channels, H, W) returns ``(logits (B, K), [f1, ..., f5])`` with channels
+    64, 128, 256, 512, 512 and sides H, ceil(H/2), ceil(H/4), ceil(H/8), ceil(H/8).
+    """
+
+    def __init__(self, depths: tuple[int, int, int, int, int], num_classes: int = 100, in_channels: int = 3) -> None:
+        super().__init__()
+        check_positive("num_classes", num_classes)
+        check_positive("in_channels", in_channels)
+        if len(depths) != 5 or any(d < 1 for d in depths):
+            raise ValueError(f"depths must be five positive ints, got {depths!r}")
+        self.stage_channels: list[int] = list(WIDTHS)
+        blocks = []
+        prev = in_channels
+        for width, depth in zip(WIDTHS, depths, strict=True):
+            blocks.append(_block(prev, width, depth))
+            prev = width
+        self.blocks = nn.ModuleList(blocks)
+        self.pools = nn.ModuleList([nn.MaxPool2d(2, 2, ceil_mode=True) for _ in range(3)])
+        self.classifier = nn.Linear(WIDTHS[-1], num_classes)
+        init_weights(self)
+
+    def forward(self, x: Tensor, preact: bool = False) -> ModelOutput:
+        """x (B, in_channels, H, W) -> (logits (B, K), five stage features shallow to deep).
+
+        With ``preact=True`` each feature is the block's last BN output before the ReLU; otherwise after it.
+        """
+        feats: list[Tensor] = []
+        out = x
+        for i, block in enumerate(self.blocks):
+            if 0 < i <= len(self.pools):
+                out = self.pools[i - 1](out)
+            pre = block(out)
+            out = F.relu(pre)
+            feats.append(pre if preact else out)
+        logits = self.classifier(global_pool(out))
+        return logits, feats
+
+
+def _make(name: str) -> Callable[..., VGG]:
+    depths = DEPTHS[name]
+
+    def factory(num_classes: int = 100, in_channels: int = 3) -> VGG:
+        return VGG(depths, num_classes=num_classes, in_channels=in_channels)
+
+    factory.__doc__ = f"CIFAR {name} with BN, convolutions per block {depths}."
+    return factory
+
+
+MODELS = {name: _make(name) for name in DEPTHS}
