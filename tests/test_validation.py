@@ -110,6 +110,11 @@ ERRORS = {
         ValueError,
         r"noise_s: expected shape \(3, 5\), got \(3, 3\)",
     ),
+    "logvar bound": (
+        lambda c: {"logvar_bound": 100.0},
+        ValueError,
+        r"logvar_bound: expected a number in \(0, 80\], got 100.0",
+    ),
     "weight nan": (lambda c: {"dist_weight": math.inf}, ValueError, r"dist_weight: expected a finite number, got inf"),
     "empty stage list": (lambda c: {"teacher_feats": []}, ValueError, r"teacher_feats: expected a non-empty list"),
     "empty spatial": (

@@ -7,13 +7,21 @@ The fused backends (``cpu``, ``cuda``, ``triton``) run through one op pair regis
   over the ``B×K`` rows that computes the loss (as Liger-Kernel's fused losses do). Recomputing them in backward
   would re-read the rows and redo every exp/log for no saving: those tensors are ``O(B·K)``, small beside the
   features, which are never saved (a measurement of both is in ``benchmarks/``).
-* ``ukd::unified_loss_backward`` — the head GEMMs and the one write of each feature gradient.
+* ``ukd::unified_loss_backward`` — the head GEMMs (and, with ``UKD_DENSE_FEATURE_GRADS=1``, one write of each
+  feature gradient).
+
+The gradient of a feature map is ``dp[b, c] / (H·W)`` at every pixel. By default it is returned as a broadcast
+view of the ``(B, C)`` pooled gradient (stride 0 over H, W): the loss writes nothing feature-sized, and the
+network's next backward op (ReLU, BN, conv) reads the view and writes its own output, which it does anyway. Eager
+PyTorch instead materialises the full map first — one write and one feature-sized buffer more per stage
+(``benchmarks/`` measures both; a leaf feature's ``.grad`` is materialised by autograd either way).
 
 Both have fake implementations, so ``torch.compile`` traces around them. ``backend="reference"`` is plain
 PyTorch autograd over :mod:`ukd.reference`.
 """
 
 import math
+import os
 from collections.abc import Sequence
 from typing import Optional
 
@@ -144,11 +152,16 @@ def _backward(ctx, grad_loss, *unused_grads):
     feats_s, feats_t = feats[: ctx.num_feats_s], feats[ctx.num_feats_s :]
     needs = ctx.needs_input_grad
     need_s, need_t = _any_need(needs[_FEATS_S], feats_s), _any_need(needs[_FEATS_T], feats_t)
+    dense = os.environ.get("UKD_DENSE_FEATURE_GRADS") == "1"
     grads = _unified_loss_backward(
         grad_loss, feats_s, feats_t, weight_s, weight_t, pooled_s, pooled_t, grad_y_s, grad_y_t,
-        grad_logits_s, grad_logits_t, need_s, need_t, ctx.backend,
+        grad_logits_s, grad_logits_t, need_s and dense, need_t and dense, ctx.backend,
     )  # fmt: skip
     grads_feats_s, grads_feats_t, *small = grads
+    if need_s and not dense:
+        grads_feats_s = _broadcast_feature_grads(grad_y_s.mm(weight_s) * grad_loss, feats_s)
+    if need_t and not dense:
+        grads_feats_t = _broadcast_feature_grads(grad_y_t.mm(weight_t) * grad_loss, feats_t)
     small = [g if needs[i + 2] else None for i, g in enumerate(small)]
     return (
         _per_feature(grads_feats_s, needs[_FEATS_S], len(feats_s)),
@@ -156,6 +169,19 @@ def _backward(ctx, grad_loss, *unused_grads):
         *small,
         *([None] * 11),
     )
+
+
+def _broadcast_feature_grads(grad_pooled: Tensor, feats: list[Tensor]) -> list[Tensor]:
+    """``(B, ΣC)`` pooled gradient → per stage ``(B, C, H, W)`` stride-0 views (or ``(B, C)``), in each dtype."""
+    out, column = [], 0
+    for f in feats:
+        g = grad_pooled[:, column : column + f.shape[1]]
+        column += f.shape[1]
+        if f.dim() == 2:
+            out.append(g.to(f.dtype))
+        else:
+            out.append((g / (f.shape[2] * f.shape[3])).to(f.dtype)[:, :, None, None].expand(f.shape))
+    return out
 
 
 def _any_need(flag, feats) -> bool:
@@ -332,8 +358,9 @@ def ukd_loss(
                 raise ValueError(f"{name}: expected shape ({batch}, {k}), got {tuple(noise.shape)}")
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature: expected a finite number > 0, got {temperature!r}")
-    if not (isinstance(logvar_bound, (int, float)) and logvar_bound > 0):
-        raise ValueError(f"logvar_bound: expected a number > 0, got {logvar_bound!r}")
+    if not (isinstance(logvar_bound, (int, float)) and 0 < logvar_bound <= 80):
+        # e^{±ℓ} must stay finite in float32 (|ℓ| < 88); 80 leaves room for (μ_t − μ_s)² e^{−ℓ_s}.
+        raise ValueError(f"logvar_bound: expected a number in (0, 80], got {logvar_bound!r}")
     weights = {"dist_weight": dist_weight, "gauss_weight": gauss_weight, "supp_weight": supp_weight}
     weights["logit_weight"] = logit_weight
     for name, w in weights.items():
