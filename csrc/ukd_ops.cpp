@@ -1,5 +1,6 @@
 // The op schemas (one name per op; the tensors' device picks the CPU or CUDA kernel) and the module entry point.
 #include <Python.h>
+#include <ATen/ATen.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(ukd, m) {
@@ -13,7 +14,37 @@ TORCH_LIBRARY(ukd, m) {
   // d loss / d feats[i] = grad_pooled[:, stage columns] / (H·W) broadcast over H, W: one write per element,
   // in each feature's own dtype and memory format.
   m.def("pool_backward(Tensor grad_pooled, Tensor[] feats) -> Tensor[]");
+  // True when every element of every tensor is finite: the fused path's one-call check of its outputs.
+  m.def("all_finite(Tensor[] tensors) -> bool");
 }
+
+namespace {
+
+template <typename T>
+bool finite_span(const T* x, int64_t n) {
+  // x·0 is 0 for finite x and NaN otherwise; the sum stays 0 exactly when all are finite (vectorisable).
+  T acc = 0;
+  for (int64_t i = 0; i < n; ++i) acc += x[i] * T(0);
+  return acc == T(0);
+}
+
+bool all_finite(at::TensorList tensors) {
+  for (const auto& t : tensors) {
+    if (t.numel() == 0 || !t.is_floating_point()) continue;
+    if (t.device().is_cpu() && t.is_contiguous() && (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble)) {
+      const bool ok = t.scalar_type() == at::kFloat ? finite_span(t.const_data_ptr<float>(), t.numel())
+                                                    : finite_span(t.const_data_ptr<double>(), t.numel());
+      if (!ok) return false;
+    } else if (!at::isfinite(t).all().item<bool>()) {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ukd, CompositeExplicitAutograd, m) { m.impl("all_finite", &all_finite); }
 
 // `import ukd._C` loads the library above; the module itself holds nothing.
 #define UKD_CONCAT_(a, b) a##b

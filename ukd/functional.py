@@ -259,11 +259,7 @@ def _check_finite_result(
 ):
     """Raise if the loss or any gradient it produced is non-finite, naming the culprit input when there is one."""
     loss, _, _, _, *grads = out
-    flag = torch.isfinite(loss) & torch.isfinite(logits_s).all() & torch.isfinite(logits_t).all()
-    for g in grads:
-        if g.numel():
-            flag = flag & torch.isfinite(g).all()
-    if bool(flag):
+    if _all_finite([loss, logits_s, logits_t, *grads]):
         return
     named = [(f"student_feats[{i}]", f) for i, f in enumerate(feats_s)]
     named += [(f"teacher_feats[{i}]", f) for i, f in enumerate(feats_t)]
@@ -279,6 +275,12 @@ def _check_finite_result(
         f"(loss={float(loss)}); the features or logits are too large for the compute dtype — scale them down, "
         "or pass check_finite=False to get the raw result"
     )
+
+
+def _all_finite(tensors: list[Tensor]) -> bool:
+    if hasattr(torch.ops.ukd, "all_finite"):  # one C++ call instead of a dozen small ops
+        return torch.ops.ukd.all_finite(tensors)
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.numel())
 
 
 def _check_finite_inputs(tensors: dict[str, Tensor | None]) -> None:
@@ -401,7 +403,8 @@ def ukd_loss(
         return (loss, components) if return_components else loss
 
     compute = torch.float64 if any(t.dtype == torch.float64 for t in everything) else torch.float32
-    prepared = [t if t is None else t.to(compute).contiguous() for t in small.values()]
+    prepared = [t if t is None or (t.dtype == compute and t.is_contiguous()) else t.to(compute).contiguous()
+                for t in small.values()]  # fmt: skip
     feats_s = [_contiguous(f) for f in feats_s]
     feats_t = [_contiguous(f) for f in feats_t]
     need_grads = torch.is_grad_enabled() and any(t.requires_grad for t in everything)

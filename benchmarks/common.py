@@ -1,0 +1,156 @@
+"""What the benchmark scripts share: the variants to time, timing, peak-memory tracking and the measured floor.
+
+The variants come from :mod:`ukd.testing`, the module the tests use, so a benchmark times what a test checks.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+import weakref
+from collections.abc import Callable
+from contextlib import contextmanager
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from ukd.testing import Case, available_backends, compiled_reference_loss, fused_loss, reference_loss
+
+
+def variants(device: str = "cpu") -> dict[str, Callable[[Case], torch.Tensor]]:
+    """name → loss function: eager reference, compiled reference, and every fused backend that runs here."""
+    out: dict[str, Callable[[Case], torch.Tensor]] = {"eager": reference_loss, "compile": compiled_reference_loss}
+    for name in available_backends(device):
+        out[name] = lambda case, name=name: fused_loss(case, name)
+    return out
+
+
+@contextmanager
+def env(name: str, value: str):
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
+
+
+def make_step(fn: Callable[[Case], torch.Tensor], case: Case, mode: str) -> Callable[[], None]:
+    """One forward (no grad) or forward+backward (``.backward()``, gradients reset first) of ``fn`` on ``case``."""
+    params = [t for t in case.tensors() if t.requires_grad]
+    if mode == "fwd":
+
+        def step() -> None:
+            with torch.no_grad():
+                fn(case)
+
+    else:
+
+        def step() -> None:
+            for p in params:
+                p.grad = None
+            fn(case).backward()
+
+    return step
+
+
+def median_ms(step: Callable[[], None], *, warmup: int = 3, min_runs: int = 15, min_time: float = 0.5) -> float:
+    for _ in range(warmup):
+        step()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - start < min_time:
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 200:
+            break
+    return statistics.median(times) * 1e3
+
+
+class _LiveBytes(TorchDispatchMode):
+    """Tracks bytes of tensor storages created by aten ops while active (views and aliases are not new bytes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._refs: dict[int, int] = {}
+
+    def _release(self, ptr: int, nbytes: int) -> None:
+        self._refs[ptr] -= 1
+        if self._refs[ptr] == 0:
+            del self._refs[ptr]
+            self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if not isinstance(t, torch.Tensor) or t.device.type != "cpu":
+                continue
+            storage = t.untyped_storage()
+            ptr, nbytes = storage.data_ptr(), storage.nbytes()
+            if ptr == 0:
+                continue
+            if ptr not in self._refs:
+                self._refs[ptr] = 0
+                self.live += nbytes
+                self.peak = max(self.peak, self.live)
+            self._refs[ptr] += 1
+            weakref.finalize(t, self._release, ptr, nbytes)
+        return out
+
+
+def peak_bytes(step: Callable[[], None]) -> int:
+    """Peak bytes of storages the step allocates through aten ops (C++ scratch inside the fused op excluded).
+
+    The fused op's own temporaries — [μ; r] for both heads and a (B, 4) row buffer, O(B·K) — are not aten-op
+    outputs and are not seen; they are a few hundred KB at the benchmark shapes.
+    """
+    step()
+    tracker = _LiveBytes()
+    with tracker:
+        step()
+    return tracker.peak
+
+
+def copy_bandwidth(nbytes: int) -> float:
+    """Bytes/s of a large device copy (read + write counted) between preallocated buffers of ``nbytes``."""
+    src = torch.ones(max(nbytes // 4, 1 << 20))
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src), min_runs=20)
+    return 2 * src.numel() * 4 / (ms * 1e-3)
+
+
+def floor_ms(case: Case) -> dict[str, float]:
+    """The floor of a fused forward+backward, measured on this machine now.
+
+    Bytes that must move: every feature read once, each student feature gradient written once, the heads read
+    and their gradients written; over the bandwidth of a large copy. Plus the head GEMMs (forward: two projections;
+    backward: two weight gradients and the student pooled gradient) timed as same-size ``torch.mm`` calls.
+    """
+    feats = [*case.student_feats, *case.teacher_feats]
+    read = sum(f.numel() * f.element_size() for f in feats)
+    write = sum(f.numel() * f.element_size() for f in case.student_feats if f.requires_grad)
+    heads = 2 * sum(w.numel() * w.element_size() for w in (case.student_weight, case.teacher_weight))
+    nbytes = read + write + heads
+    bw = copy_bandwidth(nbytes)
+    batch = case.student_logits.shape[0]
+    gemm_ms = 0.0
+    for w in (case.student_weight, case.teacher_weight):
+        p = torch.randn(batch, w.shape[1], dtype=w.dtype)
+        dy = torch.randn(batch, w.shape[0], dtype=w.dtype)
+        wd = w.detach()
+        gemm_ms += median_ms(lambda p=p, wd=wd: torch.mm(p, wd.t()))  # projection
+        gemm_ms += median_ms(lambda p=p, dy=dy: torch.mm(dy.t(), p))  # weight gradient
+    ws = case.student_weight.detach()
+    dy = torch.randn(batch, ws.shape[0], dtype=ws.dtype)
+    gemm_ms += median_ms(lambda: torch.mm(dy, ws))  # student pooled gradient
+    bytes_ms = nbytes / bw * 1e3
+    return {"bytes": nbytes, "bandwidth_GBps": bw / 1e9, "bytes_ms": bytes_ms, "gemm_ms": gemm_ms,
+            "floor_ms": bytes_ms + gemm_ms}  # fmt: skip
