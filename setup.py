@@ -33,14 +33,14 @@ def extensions() -> tuple[list, dict]:
         ) from exc
 
     sources = ["csrc/ukd_ops.cpp", "csrc/ukd_cpu.cpp"]
-    cxx = ["-O3", "-fopenmp", "-std=c++17"]
+    cxx = ["-O3", "-fno-trapping-math", "-fopenmp", "-std=c++17"]
     with_cuda = os.environ.get("UKD_FORCE_CUDA") == "1" or (torch.cuda.is_available() and CUDA_HOME is not None)
     cuda_sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.cu"))
     if with_cuda and cuda_sources:
         ext = CUDAExtension(
             "ukd._C",
             sources + cuda_sources,
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math", "-std=c++17"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17"]},
             extra_link_args=["-fopenmp"],
         )
     else:

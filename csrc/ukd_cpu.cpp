@@ -40,6 +40,13 @@ acc_t sum_contiguous(const scalar_t* x, int64_t n) {
   return lanes[0] + tail;
 }
 
+// out[j] = exp(in[j]·scale − shift), vectorised; `out` may be `in` (element-wise, no carried dependence).
+template <typename T>
+void exp_affine(T* out, const T* in, int64_t n, T scale, T shift) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) out[j] = fexp(in[j] * scale - shift);
+}
+
 // One unit of pooling work: channels [c0, c1) of sample b of one stage.
 struct PoolTask {
   int stage;
@@ -163,11 +170,14 @@ void row_pass(int64_t batch, int64_t k, const T* y_s, const T* y_t, const T* l_s
       const T *mu_s = y_s + b * 2 * k, *r_s = mu_s + k, *mu_t = y_t + b * 2 * k, *r_t = mu_t + k;
       const T *ls = l_s + b * k, *lt = l_t + b * k;
       const T *es = eps_s ? eps_s + b * k : nullptr, *et = eps_t ? eps_t + b * k : nullptr;
+      for (int64_t j = 0; j < k; ++j) {  // σ = std_of(ℓ) = e^{ℓ/2}, in two vectorised passes
+        std_s[j] = clamp_logvar(r_s[j], bound);
+        std_t[j] = clamp_logvar(r_t[j], bound);
+      }
+      exp_affine(std_s, std_s, 2 * k, T(0.5), T(0));  // std_t follows std_s in scratch
       T gauss = 0;
       for (int64_t j = 0; j < k; ++j) {
         const T lv_s = clamp_logvar(r_s[j], bound), lv_t = clamp_logvar(r_t[j], bound);
-        std_s[j] = std_of(lv_s);
-        std_t[j] = std_of(lv_t);
         z_s[j] = es ? sample(mu_s[j], std_s[j], es[j]) : mu_s[j];
         z_t[j] = et ? sample(mu_t[j], std_t[j], et[j]) : mu_t[j];
         gauss += gauss_elem(gauss_terms(mu_s[j], std_s[j], mu_t[j], std_t[j]), lv_s, lv_t);
@@ -175,11 +185,13 @@ void row_pass(int64_t batch, int64_t k, const T* y_s, const T* y_t, const T* l_s
       const T* src[4] = {z_s, z_t, ls, lt};
       T lse[4];
       for (int v = 0; v < 4; ++v) {
+        const T* sv = src[v];
         T m = -INFINITY;
-        for (int64_t j = 0; j < k; ++j) m = fmax_(m, src[v][j]);
+#pragma omp simd reduction(max : m)
+        for (int64_t j = 0; j < k; ++j) m = sv[j] > m ? sv[j] : m;  // NaN is skipped here but poisons the sum
         m *= inv_t;
-        T sum = 0;
-        for (int64_t j = 0; j < k; ++j) sum += (prob[v][j] = fexp(src[v][j] * inv_t - m));
+        exp_affine(prob[v], sv, k, inv_t, m);
+        const T sum = sum_contiguous<T, T>(prob[v], k);
         const T inv_sum = T(1) / sum;
         for (int64_t j = 0; j < k; ++j) prob[v][j] *= inv_sum;
         lse[v] = m + flog(sum);

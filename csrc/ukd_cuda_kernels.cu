@@ -606,7 +606,7 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Fills `out` with the geometry of one stage: which walk, how many lanes, the channel chunk per block.
 // Returns the dynamic shared memory the forward kernel needs for it.
-size_t plan_stage(const StageDesc& d, int64_t batch, size_t acc_size, int64_t first_block, PoolStage& out) {
+size_t plan_stage(const StageDesc& d, size_t acc_size, int64_t first_block, PoolStage& out) {
   const int vec = 16 / element_size(d.dtype);
   out = PoolStage{d.feat, d.pooled, d.pooled_stride, d.column, d.channels, d.hw, first_block, 0, 0, d.dtype,
                   static_cast<int8_t>(d.channels_last || d.hw == 1), 0, 0};
@@ -634,7 +634,7 @@ cudaError_t launch_pool_impl(const StageDesc* stages, int count, int64_t batch, 
     int64_t blocks = 0;
     size_t smem = 0;
     for (int s = 0; s < table.count; ++s) {
-      smem = std::max(smem, plan_stage(stages[first + s], batch, sizeof(A), blocks, table.stage[s]));
+      smem = std::max(smem, plan_stage(stages[first + s], sizeof(A), blocks, table.stage[s]));
       blocks += batch * table.stage[s].chunks;
     }
     if (blocks == 0) continue;

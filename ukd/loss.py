@@ -1,4 +1,5 @@
-"""``UnifiedDistillLoss``: the two distribution heads as parameters, the loss through the fused op."""
+"""``UnifiedDistillLoss``: the two distribution heads (and optional AFF fusion) as parameters, the loss through the
+fused op."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ukd.functional import COMPONENTS, ukd_loss
+from ukd.fusion import AttentionFusion
 
 __all__ = ["UnifiedDistillLoss"]
 
@@ -35,6 +37,15 @@ class UnifiedDistillLoss(nn.Module):
         sample: in training mode draw ε ~ N(0, I) with torch's RNG, fresh for student and teacher;
             in eval mode (or with ``sample=False``) use the means, z = μ.
         backend: "auto", "reference", "cpu", "cuda" or "triton".
+        fusion: how the student stages reach the student head.
+
+            * ``"pool"`` (default): every student stage is pooled and the pooled vectors concatenated (SPEC §2);
+              the student head is ``(2K, ΣC_s)``.
+            * ``"abf"``: the stages go through ``self.fusion``, an :class:`ukd.fusion.AttentionFusion` (the AFF
+              chain of SPEC §1), into one map of shape ``(B, C_t0, H_t0, W_t0)`` — the channels and spatial size
+              of the teacher's FIRST stage, which must then be a 4-D map — and that map is the single student
+              stage of the loss; the student head is ``(2K, C_t0)``. The fusion's parameters are trained with
+              the heads. With ``"pool"``, ``self.fusion`` is ``None``.
         check_finite: raise ``FloatingPointError`` on non-finite inputs or results.
 
     Call:
@@ -57,6 +68,7 @@ class UnifiedDistillLoss(nn.Module):
         sample: bool = True,
         logvar_bound: float = 10.0,
         backend: str = "auto",
+        fusion: str = "pool",
         check_finite: bool = True,
     ) -> None:
         super().__init__()
@@ -65,6 +77,14 @@ class UnifiedDistillLoss(nn.Module):
         if not (isinstance(num_classes, int) and num_classes > 0):
             raise ValueError(f"num_classes: expected a positive int, got {num_classes!r}")
         self.num_classes = num_classes
+        if fusion not in ("pool", "abf"):
+            raise ValueError(f"fusion: expected 'pool' or 'abf', got {fusion!r}")
+        self.fusion_mode = fusion
+        self.fusion: AttentionFusion | None = None
+        head_channels = sum(self.student_channels)
+        if fusion == "abf":
+            self.fusion = AttentionFusion(self.student_channels, self.teacher_channels[0])
+            head_channels = self.teacher_channels[0]
         self.temperature = temperature
         self.dist_weight = dist_weight
         self.gauss_weight = gauss_weight
@@ -74,7 +94,7 @@ class UnifiedDistillLoss(nn.Module):
         self.logvar_bound = logvar_bound
         self.backend = backend
         self.check_finite = check_finite
-        self.student_head = nn.Linear(sum(self.student_channels), 2 * num_classes)
+        self.student_head = nn.Linear(head_channels, 2 * num_classes)
         self.teacher_head = nn.Linear(sum(self.teacher_channels), 2 * num_classes)
         with torch.no_grad():
             self.student_head.bias[num_classes:].zero_()
@@ -90,6 +110,15 @@ class UnifiedDistillLoss(nn.Module):
     ) -> Tensor:
         self._check_stages("student", student_feats, self.student_channels)
         self._check_stages("teacher", teacher_feats, self.teacher_channels)
+        if self.fusion is not None:
+            first = teacher_feats if isinstance(teacher_feats, Tensor) else teacher_feats[0]
+            if not (isinstance(first, Tensor) and first.dim() == 4):
+                got = tuple(first.shape) if isinstance(first, Tensor) else type(first).__name__
+                raise ValueError(
+                    f"teacher_feats[0]: fusion='abf' resizes to the teacher's first-stage map and needs it "
+                    f"(B, C, H, W), got {got}"
+                )
+            student_feats = [self.fusion(student_feats, first.shape[-2:])]
         noise_s = noise_t = None
         if self.sample and self.training and isinstance(student_logits, Tensor):
             dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32

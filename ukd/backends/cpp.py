@@ -44,7 +44,7 @@ def _build_or_import() -> str | None:
         load(
             name="ukd_C_jit",
             sources=[str(CSRC / "ukd_ops.cpp"), str(CSRC / "ukd_cpu.cpp")],
-            extra_cflags=["-O3", "-fopenmp"],
+            extra_cflags=["-O3", "-fno-trapping-math", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
             is_python_module=False,
             verbose=os.environ.get("UKD_VERBOSE_BUILD") == "1",
