@@ -73,6 +73,24 @@ def median_ms(step: Callable[[], None], *, warmup: int = 3, min_runs: int = 15, 
     return statistics.median(times) * 1e3
 
 
+def median_ms_interleaved(steps: dict[str, Callable[[], None]], *, warmup: int = 3, rounds: int = 15,
+                          min_time: float = 1.0) -> dict[str, float]:  # fmt: skip
+    """Median ms of each step, timed round-robin so that load from other processes hits every variant alike."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    start = time.perf_counter()
+    while len(next(iter(times.values()))) < rounds or time.perf_counter() - start < min_time:
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t0)
+        if len(times[name]) >= 200:
+            break
+    return {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
+
+
 class _LiveBytes(TorchDispatchMode):
     """Tracks bytes of tensor storages created by aten ops while active (views and aliases are not new bytes)."""
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import env, floor_ms, make_step, median_ms, peak_bytes, variants
+from common import env, floor_ms, make_step, median_ms_interleaved, peak_bytes, variants
 
 from ukd.testing import BENCH_SHAPES, bench_case
 
@@ -36,21 +36,28 @@ def grad_step(fn, case):
 def measure_shape(name: str, batch: int | None, quick: bool) -> dict:
     case = bench_case(name, batch=batch)
     fns = variants()
-    rows = {}
-    for label, fn in fns.items():
-        runs = {"min_runs": 5 if quick else 15, "min_time": 0.2 if quick else 1.0}
-        rows[label] = {
-            "fwd_ms": median_ms(make_step(fn, case, "fwd"), **runs),
-            "fwd_bwd_ms": median_ms(make_step(fn, case, "fwd+bwd"), **runs),
-            "peak_MB": peak_bytes(grad_step(fn, case)) / 2**20,
-        }
-        if label == "cpu":
+    runs = {"rounds": 5 if quick else 15, "min_time": 0.3 if quick else 2.0}
+    fwd = median_ms_interleaved({label: make_step(fn, case, "fwd") for label, fn in fns.items()}, **runs)
+    steps = {label: make_step(fn, case, "fwd+bwd") for label, fn in fns.items()}
+    if "cpu" in fns:
+        dense = make_step(fns["cpu"], case, "fwd+bwd")
+
+        def dense_step() -> None:
             with env("UKD_DENSE_FEATURE_GRADS", "1"):
-                rows["cpu-dense"] = {
-                    "fwd_ms": rows["cpu"]["fwd_ms"],
-                    "fwd_bwd_ms": median_ms(make_step(fn, case, "fwd+bwd"), **runs),
-                    "peak_MB": peak_bytes(grad_step(fn, case)) / 2**20,
-                }
+                dense()
+
+        steps["cpu-dense"] = dense_step
+        fwd["cpu-dense"] = fwd["cpu"]
+    fwd_bwd = median_ms_interleaved(steps, **runs)
+    rows = {}
+    for label in steps:
+        fn = fns["cpu"] if label == "cpu-dense" else fns[label]
+        if label == "cpu-dense":
+            with env("UKD_DENSE_FEATURE_GRADS", "1"):
+                peak = peak_bytes(grad_step(fn, case))
+        else:
+            peak = peak_bytes(grad_step(fn, case))
+        rows[label] = {"fwd_ms": fwd[label], "fwd_bwd_ms": fwd_bwd[label], "peak_MB": peak / 2**20}
     for row in rows.values():
         row["x_eager"] = rows["eager"]["fwd_bwd_ms"] / row["fwd_bwd_ms"]
         row["x_compile"] = rows["compile"]["fwd_bwd_ms"] / row["fwd_bwd_ms"]

@@ -39,11 +39,14 @@ def _build_or_import() -> str | None:
         if not (CSRC / "ukd_ops.cpp").exists():
             return f"the prebuilt module ukd._C is missing ({prebuilt_error}) and no csrc/ is present to compile it"
     try:
-        from torch.utils.cpp_extension import load
+        from torch.utils.cpp_extension import CUDA_HOME, load
 
+        sources = [str(CSRC / "ukd_ops.cpp"), str(CSRC / "ukd_cpu.cpp")]
+        if torch.cuda.is_available() and CUDA_HOME is not None:  # the CUDA kernels too, as setup.py builds them
+            sources += sorted(str(p) for p in CSRC.glob("*.cu"))
         load(
             name="ukd_C_jit",
-            sources=[str(CSRC / "ukd_ops.cpp"), str(CSRC / "ukd_cpu.cpp")],
+            sources=sources,
             extra_cflags=["-O3", "-fno-trapping-math", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
             is_python_module=False,
