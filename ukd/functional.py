@@ -359,7 +359,7 @@ def ukd_loss(
             _check_tensor(name, noise)
             if noise.shape != (batch, k):
                 raise ValueError(f"{name}: expected shape ({batch}, {k}), got {tuple(noise.shape)}")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+    if not (isinstance(temperature, (int, float)) and 0 < temperature < math.inf):  # comparisons: traceable
         raise ValueError(f"temperature: expected a finite number > 0, got {temperature!r}")
     if not (isinstance(logvar_bound, (int, float)) and 0 < logvar_bound <= 80):
         # e^{±ℓ} must stay finite in float32 (|ℓ| < 88); 80 leaves room for (μ_t − μ_s)² e^{−ℓ_s}.
@@ -367,7 +367,7 @@ def ukd_loss(
     weights = {"dist_weight": dist_weight, "gauss_weight": gauss_weight, "supp_weight": supp_weight}
     weights["logit_weight"] = logit_weight
     for name, w in weights.items():
-        if not (isinstance(w, (int, float)) and math.isfinite(w)):
+        if not (isinstance(w, (int, float)) and -math.inf < w < math.inf):
             raise ValueError(f"{name}: expected a finite number, got {w!r}")
 
     small = {
