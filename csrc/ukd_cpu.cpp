@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "ukd_math.h"
@@ -40,11 +41,59 @@ acc_t sum_contiguous(const scalar_t* x, int64_t n) {
   return lanes[0] + tail;
 }
 
-// out[j] = exp(in[j]·scale − shift), vectorised; `out` may be `in` (element-wise, no carried dependence).
+// The float32 hot loops are compiled twice, for AVX2 and for the x86-64 baseline; the loader picks one per CPU.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define UKD_MULTIVERSION __attribute__((target_clones("avx2", "default")))
+#else
+#define UKD_MULTIVERSION
+#endif
+
+// acc[j] += Σ_p rows[p·stride + j] for j < width: one channels_last tile.
+template <typename scalar_t, typename acc_t>
+void accumulate_rows(acc_t* acc, const scalar_t* rows, int64_t count, int64_t stride, int64_t width) {
+  for (int64_t p = 0; p < count; ++p) {
+    const scalar_t* row = rows + p * stride;
+    for (int64_t j = 0; j < width; ++j) acc[j] += static_cast<acc_t>(row[j]);
+  }
+}
+
+// out[j] = exp(in[j]·scale − shift); `out` may be `in` (element-wise, no carried dependence).
 template <typename T>
 void exp_affine(T* out, const T* in, int64_t n, T scale, T shift) {
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) out[j] = fexp(in[j] * scale - shift);
+}
+
+UKD_MULTIVERSION float sum_f32(const float* x, int64_t n) { return sum_contiguous<float, float>(x, n); }
+UKD_MULTIVERSION void accumulate_rows_f32(float* acc, const float* rows, int64_t count, int64_t stride,
+                                          int64_t width) {
+  accumulate_rows<float, float>(acc, rows, count, stride, width);
+}
+UKD_MULTIVERSION void exp_affine_f32(float* out, const float* in, int64_t n, float scale, float shift) {
+  exp_affine<float>(out, in, n, scale, shift);
+}
+
+// Dispatch: the multiversioned float32 loop where there is one, the generic template otherwise.
+template <typename scalar_t, typename acc_t>
+acc_t sum_fast(const scalar_t* x, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>) return sum_f32(x, n);
+  return sum_contiguous<scalar_t, acc_t>(x, n);
+}
+template <typename scalar_t, typename acc_t>
+void accumulate_rows_fast(acc_t* acc, const scalar_t* rows, int64_t count, int64_t stride, int64_t width) {
+  if constexpr (std::is_same_v<scalar_t, float> && std::is_same_v<acc_t, float>) {
+    accumulate_rows_f32(acc, rows, count, stride, width);
+  } else {
+    accumulate_rows<scalar_t, acc_t>(acc, rows, count, stride, width);
+  }
+}
+template <typename T>
+void exp_affine_fast(T* out, const T* in, int64_t n, T scale, T shift) {
+  if constexpr (std::is_same_v<T, float>) {
+    exp_affine_f32(out, in, n, scale, shift);
+  } else {
+    exp_affine<T>(out, in, n, scale, shift);
+  }
 }
 
 // One unit of pooling work: channels [c0, c1) of sample b of one stage.
@@ -91,17 +140,14 @@ void pool_task(const StageView& st, const PoolTask& t, acc_t* out, int64_t out_s
   const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(st.hw);
   if (!st.channels_last) {
     for (int64_t c = t.c0; c < t.c1; ++c) {
-      dst[c] = sum_contiguous<scalar_t, acc_t>(x + (t.b * st.channels + c) * st.hw, st.hw) * inv_hw;
+      dst[c] = sum_fast<scalar_t, acc_t>(x + (t.b * st.channels + c) * st.hw, st.hw) * inv_hw;
     }
     return;
   }
   const int64_t width = t.c1 - t.c0;
   std::vector<acc_t> acc(width, acc_t(0));
   const scalar_t* base = x + t.b * st.hw * st.channels + t.c0;
-  for (int64_t p = 0; p < st.hw; ++p) {
-    const scalar_t* row = base + p * st.channels;
-    for (int64_t j = 0; j < width; ++j) acc[j] += static_cast<acc_t>(row[j]);
-  }
+  accumulate_rows_fast<scalar_t, acc_t>(acc.data(), base, st.hw, st.channels, width);
   for (int64_t j = 0; j < width; ++j) dst[t.c0 + j] = acc[j] * inv_hw;
 }
 
@@ -174,7 +220,7 @@ void row_pass(int64_t batch, int64_t k, const T* y_s, const T* y_t, const T* l_s
         std_s[j] = clamp_logvar(r_s[j], bound);
         std_t[j] = clamp_logvar(r_t[j], bound);
       }
-      exp_affine(std_s, std_s, 2 * k, T(0.5), T(0));  // std_t follows std_s in scratch
+      exp_affine_fast(std_s, std_s, 2 * k, T(0.5), T(0));  // std_t follows std_s in scratch
       T gauss = 0;
       for (int64_t j = 0; j < k; ++j) {
         const T lv_s = clamp_logvar(r_s[j], bound), lv_t = clamp_logvar(r_t[j], bound);
@@ -190,8 +236,8 @@ void row_pass(int64_t batch, int64_t k, const T* y_s, const T* y_t, const T* l_s
 #pragma omp simd reduction(max : m)
         for (int64_t j = 0; j < k; ++j) m = sv[j] > m ? sv[j] : m;  // NaN is skipped here but poisons the sum
         m *= inv_t;
-        exp_affine(prob[v], sv, k, inv_t, m);
-        const T sum = sum_contiguous<T, T>(prob[v], k);
+        exp_affine_fast(prob[v], sv, k, inv_t, m);
+        const T sum = sum_fast<T, T>(prob[v], k);
         const T inv_sum = T(1) / sum;
         for (int64_t j = 0; j < k; ++j) prob[v][j] *= inv_sum;
         lse[v] = m + flog(sum);

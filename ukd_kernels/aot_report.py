@@ -1,0 +1,223 @@
+"""Ahead-of-time compile of every Triton kernel configuration for sm_80 and sm_90, with a resource table.
+
+    python -m ukd_kernels.aot_report [--jobs N]
+
+No GPU is needed: ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cap, 32))`` runs the whole pipeline
+down to a cubin. For each kernel, each configuration its launcher can choose (the ``*_CONFIG(S)`` tables of
+:mod:`ukd_kernels.unified_loss`), each constexpr variant (``HAS_NOISE``) and, for the kernels that read or write
+feature maps, fp32 and bf16 features, it reports
+
+* registers, stack and local memory per thread, from the cubin (``cuobjdump -res-usage``);
+* spill stores/loads, from ``ptxas -v`` re-run on the kernel's PTX with the flags Triton uses;
+* shared memory per program (Triton's dynamic allocation, ``metadata.shared``).
+
+Pointers are compiled with the 16-byte divisibility hint the launcher gets from fresh torch allocations; integer
+arguments are not specialised. Exit status: 0 when every kernel compiled with no spills and no local memory or stack,
+1 otherwise, 2 when a tool (ptxas, cuobjdump) is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+os.environ.pop("TRITON_INTERPRET", None)
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+import triton
+from triton.backends.compiler import GPUTarget
+
+from ukd_kernels import unified_loss as U
+
+ARCHS = (80, 90)
+FEATURE_DTYPES = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One compile: kernel name, configuration label, feature dtype ("-" when the kernel does not read features)."""
+
+    kernel: str
+    config: str
+    feat: str
+    arch: int
+    constexprs: tuple[tuple[str, object], ...]
+    ints: tuple[str, ...]
+    ptr_types: tuple[tuple[str, str], ...]
+    num_warps: int
+    num_stages: int = 3
+
+
+@dataclass
+class Result:
+    job: Job
+    regs: int = -1
+    stack: int = -1
+    local: int = -1
+    shared: int = -1
+    spill_stores: int = -1
+    spill_loads: int = -1
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        clean = self.spill_stores == 0 and self.spill_loads == 0 and self.local == 0 and self.stack == 0
+        return not self.error and clean
+
+
+def jobs() -> list[Job]:
+    """Every (kernel, configuration, variant, feature dtype, arch) the launchers can produce."""
+    out: list[Job] = []
+    for arch in ARCHS:
+        for feat in FEATURE_DTYPES:
+            for name, cfg in U.POOL_CONFIGS.items():
+                cx = (("ROWS", cfg.ROWS), ("BLOCK_HW", cfg.BLOCK_HW), ("CL_HW", cfg.CL_HW), ("BLOCK_C", cfg.BLOCK_C))
+                ints = ("num_stages", "batch", "pooled_stride")
+                out.append(Job("_pool_fwd_kernel", name, feat, arch, cx, ints,
+                               (("table", "*i64"), ("feat0", f"*{feat}")), cfg.num_warps))  # fmt: skip
+                ints = ("num_stages", "batch", "gp_stride")
+                out.append(Job("_pool_bwd_kernel", name, feat, arch, cx, ints,
+                               (("table", "*i64"), ("feat0", f"*{feat}")), cfg.num_warps))  # fmt: skip
+        for name, cfg in U.HEAD_FWD_CONFIGS.items():
+            for noise in (False, True):
+                cx = (("HAS_NOISE", noise), ("BLOCK_B", cfg.BLOCK_B), ("BLOCK_K", cfg.BLOCK_K),
+                      ("BLOCK_C", cfg.BLOCK_C), ("PRECISION", "tf32x3"))  # fmt: skip
+                ints = ("batch", "k", "chans_s", "chans_t", "n_ktiles")
+                label = f"{name}{'-noise' if noise else ''}"
+                out.append(Job("_head_fwd_kernel", label, "-", arch, cx, ints, (), cfg.num_warps, cfg.num_stages))
+        r = U.ROW_STATS_CONFIG
+        out.append(Job("_row_stats_kernel", "default", "-", arch,
+                       (("BLOCK_B", r["BLOCK_B"]), ("BLOCK_T", r["BLOCK_T"])), ("batch", "n_ktiles"), (),
+                       r["num_warps"]))  # fmt: skip
+        f = U.FINALIZE_CONFIG
+        out.append(Job("_finalize_kernel", "default", "-", arch, (("BLOCK_B", f["BLOCK_B"]),), ("batch",), (),
+                       f["num_warps"]))  # fmt: skip
+        g = U.HEAD_GRAD_CONFIG
+        for noise in (False, True):
+            cx = (("HAS_NOISE", noise), ("BLOCK_B", g.BLOCK_B), ("BLOCK_K", g.BLOCK_K))
+            out.append(Job("_head_grad_kernel", "default-noise" if noise else "default", "-", arch, cx,
+                           ("batch", "k"), (), g.num_warps))  # fmt: skip
+        w = U.WGRAD_CONFIG
+        cx = (("BLOCK_N", w["BLOCK_N"]), ("BLOCK_C", w["BLOCK_C"]), ("BLOCK_B", w["BLOCK_B"]), ("PRECISION", "tf32x3"))
+        out.append(Job("_head_wgrad_kernel", "default", "-", arch, cx, ("batch", "n_out", "chans"), (),
+                       w["num_warps"], w["num_stages"]))  # fmt: skip
+        p = U.PGRAD_CONFIG
+        cx = (("BLOCK_B", p["BLOCK_B"]), ("BLOCK_C", p["BLOCK_C"]), ("BLOCK_N", p["BLOCK_N"]), ("PRECISION", "tf32x3"))
+        out.append(Job("_head_pgrad_kernel", "default", "-", arch, cx, ("batch", "n_out", "chans"), (),
+                       p["num_warps"], p["num_stages"]))  # fmt: skip
+    return out
+
+
+def _tool(name: str) -> str:
+    """Path of a CUDA tool Triton ships (ptxas, cuobjdump); raises FileNotFoundError with the places searched."""
+    from triton import knobs
+
+    path = getattr(knobs.nvidia, name).path
+    if not path or not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{name} not found (Triton's knobs.nvidia.{name} gave {path!r}); Triton's NVIDIA backend ships it under "
+            "triton/backends/nvidia/bin — reinstall triton, or point TRITON_" + name.upper() + "_PATH at a CUDA "
+            f"toolkit's {name}"
+        )
+    return path
+
+
+def compile_job(job: Job) -> Result:
+    """Compile one job and read its resources; errors are returned in ``Result.error``, never raised."""
+    res = Result(job)
+    try:
+        kernel = getattr(U, job.kernel)
+        constexprs = dict(job.constexprs)
+        ptr_types = dict(job.ptr_types)
+        signature, attrs = {}, {}
+        for i, arg in enumerate(kernel.arg_names):
+            if arg in constexprs:
+                signature[arg] = "constexpr"
+            elif arg in job.ints:
+                signature[arg] = "i32"
+            else:
+                signature[arg] = ptr_types.get(arg, "*fp32")
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        src = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+        options = {"num_warps": job.num_warps, "num_stages": job.num_stages}
+        compiled = triton.compile(src, target=GPUTarget("cuda", job.arch, 32), options=options)
+        res.shared = int(compiled.metadata.shared)
+        with tempfile.TemporaryDirectory() as tmp:
+            cubin = os.path.join(tmp, "k.cubin")
+            with open(cubin, "wb") as fh:
+                fh.write(compiled.asm["cubin"])
+            cmd = [_tool("cuobjdump"), "-res-usage", cubin]
+            usage = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", usage.stdout)
+            if m is None:
+                raise RuntimeError(f"cannot parse cuobjdump -res-usage output:\n{usage.stdout}")
+            res.regs, res.stack, res.local = int(m[1]), int(m[2]), int(m[4])
+            ptx = os.path.join(tmp, "k.ptx")
+            with open(ptx, "w") as fh:
+                fh.write(compiled.asm["ptx"])
+            from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
+
+            log = subprocess.run(
+                [get_ptxas(job.arch).path, "-lineinfo", "-v", "--regAllocOptLevel=2",
+                 f"--gpu-name={sm_arch_from_capability(job.arch)}", ptx, "-o", os.path.join(tmp, "k.o")],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log.stdout + log.stderr)
+            if spills is None:
+                raise RuntimeError(f"cannot parse ptxas -v output:\n{log.stdout}{log.stderr}")
+            res.spill_stores, res.spill_loads = int(spills[1]), int(spills[2])
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # a failed compile is a row in the table, not a crash of the report
+        detail = getattr(exc, "stderr", None) or str(exc)
+        res.error = f"{type(exc).__name__}: {' | '.join(detail.strip().splitlines()[-3:])}"[:300]
+    return res
+
+
+def table(results: list[Result]) -> str:
+    head = (
+        f"{'arch':<6} {'kernel':<20} {'config':<14} {'feat':<5} {'warps':>5} {'st':>2} {'regs':>5} "
+        f"{'spill st/ld':>12} {'stack':>6} {'local':>6} {'shared':>7}  status"
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        j = r.job
+        status = "ok" if r.ok else (r.error or "SPILL/LOCAL")
+        lines.append(
+            f"sm_{j.arch:<3} {j.kernel:<20} {j.config:<14} {j.feat:<5} {j.num_warps:>5} {j.num_stages:>2} {r.regs:>5} "
+            f"{f'{r.spill_stores}/{r.spill_loads}':>12} {r.stack:>6} {r.local:>6} {r.shared:>7}  {status}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="parallel compile processes")
+    args = parser.parse_args(argv)
+    try:
+        for tool in ("ptxas", "ptxas_blackwell", "cuobjdump"):
+            _tool(tool)
+    except FileNotFoundError as exc:
+        print(f"aot_report: {exc}", file=sys.stderr)
+        return 2
+    todo = jobs()
+    if args.jobs > 1:
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            results = list(pool.map(compile_job, todo))
+    else:
+        results = [compile_job(j) for j in todo]
+    print(table(results))
+    bad = [r for r in results if not r.ok]
+    print(f"\n{len(results)} compiles for sm_{', sm_'.join(map(str, ARCHS))}; triton {triton.__version__}; "
+          f"{len(bad)} with an error, a spill or local memory")  # fmt: skip
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
