@@ -159,3 +159,17 @@ def test_feature_gradient_layout(fused_backend, dense, monkeypatch):
                 assert g.is_contiguous(memory_format=torch.channels_last) and g.stride() == f.stride()
             else:
                 assert g.stride()[2:] == (0, 0)
+
+
+def test_registered_op_path_matches_eager_function_path(fused_backend, monkeypatch):
+    # Eager mode runs an autograd.Function; torch.compile runs the registered op. Same values, same gradients.
+    case = make_case(3, 6, [(3, 2, 2), (5,)], [(4, 2, 2)], channels_last=True, gauss_weight=0.5).requires_grad_()
+    loss, comps, grads = run_loss(case, fused_backend)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    op_loss, op_comps, op_grads = run_loss(case, fused_backend)
+    assert op_loss.grad_fn.name() != loss.grad_fn.name()  # really the other path
+    assert torch.equal(loss, op_loss)
+    for name in comps:
+        assert torch.equal(comps[name], op_comps[name])
+    for g, h in zip(grads, op_grads):
+        assert torch.equal(g, h)

@@ -17,8 +17,10 @@ network's next backward op (ReLU, BN, conv) reads the view and writes its own ou
 PyTorch instead materialises the full map first — one write and one feature-sized buffer more per stage
 (``benchmarks/`` measures both; a leaf feature's ``.grad`` is materialised by autograd either way).
 
-Both have fake implementations, so ``torch.compile`` traces around them. ``backend="reference"`` is plain
-PyTorch autograd over :mod:`ukd.reference`.
+Both have fake implementations, so ``torch.compile`` traces around them. In eager mode the same forward and
+backward bodies run through a plain ``torch.autograd.Function`` instead: ``custom_op``'s per-call Python dispatch
+costs about 1 ms per forward+backward on these machines, more than the kernels at small shapes.
+``backend="reference"`` is plain PyTorch autograd over :mod:`ukd.reference`.
 """
 
 import math
@@ -37,6 +39,23 @@ COMPONENTS = ("dist", "gauss", "supp", "logit")
 
 
 # --------------------------------------------------------------------------------------------------- the op
+def _forward_impl(
+    feats_s, feats_t, logits_s, logits_t, weight_s, bias_s, weight_t, bias_t, noise_s, noise_t,
+    temperature, dist_weight, gauss_weight, supp_weight, logit_weight, logvar_bound, need_grads, check_finite, backend,
+) -> tuple[Tensor, ...]:  # fmt: skip
+    """The op's body: the backend's forward, then (optionally) the finite check of what it produced."""
+    impl = backends.get_fused(backend, logits_s.device)
+    out = impl.forward(
+        feats_s, feats_t, logits_s, logits_t, weight_s, bias_s, weight_t, bias_t, noise_s, noise_t,
+        temperature, dist_weight, gauss_weight, supp_weight, logit_weight, logvar_bound, need_grads,
+    )  # fmt: skip
+    if check_finite:
+        _check_finite_result(
+            out, feats_s, feats_t, logits_s, logits_t, weight_s, bias_s, weight_t, bias_t, noise_s, noise_t
+        )
+    return tuple(out)
+
+
 @torch.library.custom_op("ukd::unified_loss", mutates_args=())
 def _unified_loss(
     feats_s: list[Tensor],
@@ -59,16 +78,11 @@ def _unified_loss(
     check_finite: bool,
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    impl = backends.get_fused(backend, logits_s.device)
-    out = impl.forward(
+    return _forward_impl(
         feats_s, feats_t, logits_s, logits_t, weight_s, bias_s, weight_t, bias_t, noise_s, noise_t,
-        temperature, dist_weight, gauss_weight, supp_weight, logit_weight, logvar_bound, need_grads,
+        temperature, dist_weight, gauss_weight, supp_weight, logit_weight, logvar_bound, need_grads, check_finite,
+        backend,
     )  # fmt: skip
-    if check_finite:
-        _check_finite_result(
-            out, feats_s, feats_t, logits_s, logits_t, weight_s, bias_s, weight_t, bias_t, noise_s, noise_t
-        )
-    return tuple(out)
 
 
 @_unified_loss.register_fake
@@ -142,34 +156,75 @@ def _setup_context(ctx, inputs, output):
     _, _, pooled_s, pooled_t, grad_y_s, grad_y_t, grad_logits_s, grad_logits_t = output
     ctx.mark_non_differentiable(*output[1:])
     ctx.backend = backend
-    ctx.num_feats_s = len(feats_s)
+    ctx.num_feats_s, ctx.num_feats_t = len(feats_s), len(feats_t)
     ctx.save_for_backward(
         weight_s, weight_t, pooled_s, pooled_t, grad_y_s, grad_y_t, grad_logits_s, grad_logits_t, *feats_s, *feats_t
     )
 
 
-def _backward(ctx, grad_loss, *unused_grads):
-    weight_s, weight_t, pooled_s, pooled_t, grad_y_s, grad_y_t, grad_logits_s, grad_logits_t, *feats = ctx.saved_tensors
-    feats_s, feats_t = feats[: ctx.num_feats_s], feats[ctx.num_feats_s :]
-    needs = ctx.needs_input_grad
-    need_s, need_t = _any_need(needs[_FEATS_S], feats_s), _any_need(needs[_FEATS_T], feats_t)
+def _backward_impl(grad_loss, saved, num_feats_s, need_s: list[bool], need_t: list[bool], backend, run_backward):
+    """Shared by both autograd paths: ``run_backward`` is the registered backward op or the backend's own."""
+    weight_s, weight_t, pooled_s, pooled_t, grad_y_s, grad_y_t, grad_logits_s, grad_logits_t, *feats = saved
+    feats_s, feats_t = feats[:num_feats_s], feats[num_feats_s:]
+    any_s, any_t = any(need_s), any(need_t)
     dense = os.environ.get("UKD_DENSE_FEATURE_GRADS") == "1"
-    grads = _unified_loss_backward(
+    grads_feats_s, grads_feats_t, *small = run_backward(
         grad_loss, feats_s, feats_t, weight_s, weight_t, pooled_s, pooled_t, grad_y_s, grad_y_t,
-        grad_logits_s, grad_logits_t, need_s and dense, need_t and dense, ctx.backend,
+        grad_logits_s, grad_logits_t, any_s and dense, any_t and dense, backend,
     )  # fmt: skip
-    grads_feats_s, grads_feats_t, *small = grads
-    if need_s and not dense:
+    if any_s and not dense:
         grads_feats_s = _broadcast_feature_grads(grad_y_s.mm(weight_s) * grad_loss, feats_s)
-    if need_t and not dense:
+    if any_t and not dense:
         grads_feats_t = _broadcast_feature_grads(grad_y_t.mm(weight_t) * grad_loss, feats_t)
-    small = [g if needs[i + 2] else None for i, g in enumerate(small)]
-    return (
-        _per_feature(grads_feats_s, needs[_FEATS_S], len(feats_s)),
-        _per_feature(grads_feats_t, needs[_FEATS_T], len(feats_t)),
-        *small,
-        *([None] * 11),
+    per_s = [g if n else None for g, n in zip(grads_feats_s, need_s)] if any_s else [None] * len(need_s)
+    per_t = [g if n else None for g, n in zip(grads_feats_t, need_t)] if any_t else [None] * len(need_t)
+    return per_s, per_t, small
+
+
+def _backward(ctx, grad_loss, *unused_grads):
+    needs = ctx.needs_input_grad
+    num_s = ctx.num_feats_s
+    need_s, need_t = _flags(needs[_FEATS_S], num_s), _flags(needs[_FEATS_T], ctx.num_feats_t)
+    per_s, per_t, small = _backward_impl(
+        grad_loss, ctx.saved_tensors, num_s, need_s, need_t, ctx.backend, _unified_loss_backward
     )
+    small = [g if needs[i + 2] else None for i, g in enumerate(small)]
+    return (per_s, per_t, *small, *([None] * 11))
+
+
+def _flags(flag, n: int) -> list[bool]:
+    return [bool(f) for f in flag] if isinstance(flag, (list, tuple)) else [bool(flag)] * n
+
+
+def _direct_backward(grad_loss, *args):
+    *args, backend = args
+    return backends.get_fused(backend, grad_loss.device).backward(grad_loss, *args)
+
+
+class _UnifiedLossFunction(torch.autograd.Function):
+    """The same op for eager mode, without ``custom_op``'s per-call dispatch (pytree, defaults, dynamo guards),
+    which costs more than the kernels themselves at small shapes. Under ``torch.compile`` the registered op runs.
+    """
+
+    @staticmethod
+    def forward(ctx, num_s: int, num_t: int, options: tuple, *tensors):
+        feats_s, feats_t, small = list(tensors[:num_s]), list(tensors[num_s : num_s + num_t]), tensors[num_s + num_t :]
+        out = _forward_impl(feats_s, feats_t, *small, *options)
+        ctx.mark_non_differentiable(*out[1:])
+        ctx.num_s, ctx.num_t, ctx.backend = num_s, num_t, options[-1]
+        ctx.save_for_backward(small[2], small[4], *out[2:], *feats_s, *feats_t)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_loss, *unused_grads):
+        needs = ctx.needs_input_grad[3:]
+        num_s, num_t = ctx.num_s, ctx.num_t
+        per_s, per_t, small = _backward_impl(
+            grad_loss, ctx.saved_tensors, num_s, list(needs[:num_s]), list(needs[num_s : num_s + num_t]),
+            ctx.backend, _direct_backward,
+        )  # fmt: skip
+        small = [g if n else None for g, n in zip(small, needs[num_s + num_t :])]
+        return (None, None, None, *per_s, *per_t, *small, None, None)
 
 
 def _broadcast_feature_grads(grad_pooled: Tensor, feats: list[Tensor]) -> list[Tensor]:
@@ -183,19 +238,6 @@ def _broadcast_feature_grads(grad_pooled: Tensor, feats: list[Tensor]) -> list[T
         else:
             out.append((g / (f.shape[2] * f.shape[3])).to(f.dtype)[:, :, None, None].expand(f.shape))
     return out
-
-
-def _any_need(flag, feats) -> bool:
-    if isinstance(flag, (list, tuple)):
-        return any(flag)
-    return bool(flag) and len(feats) > 0
-
-
-def _per_feature(grads: list[Tensor], flag, n: int) -> list[Optional[Tensor]]:
-    flags = list(flag) if isinstance(flag, (list, tuple)) else [bool(flag)] * n
-    if not any(flags):
-        return [None] * n
-    return [g if f else None for g, f in zip(grads, flags)]
 
 
 torch.library.register_autograd("ukd::unified_loss", _backward, setup_context=_setup_context)
@@ -409,11 +451,13 @@ def ukd_loss(
     feats_s = [_contiguous(f) for f in feats_s]
     feats_t = [_contiguous(f) for f in feats_t]
     need_grads = torch.is_grad_enabled() and any(t.requires_grad for t in everything)
-    loss, components, *_ = _unified_loss(
-        feats_s, feats_t, *prepared,
-        float(temperature), float(dist_weight), float(gauss_weight), float(supp_weight), float(logit_weight),
-        float(logvar_bound), need_grads, check_finite, name,
-    )  # fmt: skip
+    options = (float(temperature), float(dist_weight), float(gauss_weight), float(supp_weight),
+               float(logit_weight), float(logvar_bound), need_grads, check_finite, name)  # fmt: skip
+    if torch.compiler.is_compiling():  # the registered op: one node in the traced graph
+        loss, components, *_ = _unified_loss(feats_s, feats_t, *prepared, *options)
+    else:
+        loss, components, *_ = _UnifiedLossFunction.apply(len(feats_s), len(feats_t), options, *feats_s, *feats_t,
+                                                          *prepared)  # fmt: skip
     if not return_components:
         return loss
     return loss, dict(zip(COMPONENTS, components.unbind(0), strict=True))
