@@ -1,3 +1,8 @@
+import os
+
+# Triton kernels run on CPU tensors under the interpreter in tests; it must be on before triton is first imported.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest
 import torch
 
