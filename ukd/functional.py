@@ -37,6 +37,9 @@ __all__ = ["ukd_loss", "COMPONENTS"]
 
 COMPONENTS = ("dist", "gauss", "supp", "logit")
 
+# Eager calls go through ``_UnifiedLossFunction`` (cheaper dispatch); False sends them through the registered op too.
+EAGER_AUTOGRAD_FUNCTION = True
+
 
 # --------------------------------------------------------------------------------------------------- the op
 def _forward_impl(
@@ -453,7 +456,7 @@ def ukd_loss(
     need_grads = torch.is_grad_enabled() and any(t.requires_grad for t in everything)
     options = (float(temperature), float(dist_weight), float(gauss_weight), float(supp_weight),
                float(logit_weight), float(logvar_bound), need_grads, check_finite, name)  # fmt: skip
-    if torch.compiler.is_compiling():  # the registered op: one node in the traced graph
+    if torch.compiler.is_compiling() or not EAGER_AUTOGRAD_FUNCTION:  # the registered op: one node when traced
         loss, components, *_ = _unified_loss(feats_s, feats_t, *prepared, *options)
     else:
         loss, components, *_ = _UnifiedLossFunction.apply(len(feats_s), len(feats_t), options, *feats_s, *feats_t,
