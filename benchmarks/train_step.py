@@ -3,7 +3,8 @@
     python benchmarks/train_step.py [--batch 64] [--runs 15]
 
 resnet32x4 → resnet8x4 on 3×32×32 inputs: teacher forward (no grad), student forward, loss, student backward
-(gradients reset each step, no optimiser step). KD = CE + Hinton KD; UKD = CE + ``UnifiedDistillLoss`` (whose logit
+(gradients reset each step, no optimiser step). The variants are timed round-robin, so that load from other
+processes falls on all of them alike. KD = CE + Hinton KD; UKD = CE + ``UnifiedDistillLoss`` (whose logit
 term is the same Hinton KD, plus the distribution terms and the two heads).
 """
 
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import median_ms
+from common import median_ms_interleaved
 
 from ukd import UnifiedDistillLoss
 from ukd.losses import kd_loss
@@ -55,9 +56,8 @@ def main() -> None:
             loss = loss + crits[method.split(":")[1]](s_feats, t_feats, s_logits, t_logits)
         loss.backward()
 
-    rows = {}
-    for method in ("ce", "kd", "ukd:cpu", "ukd:reference"):
-        rows[method] = median_ms(lambda m=method: step(m), warmup=2, min_runs=args.runs, min_time=2.0)
+    methods = ("ce", "kd", "ukd:cpu", "ukd:reference")
+    rows = median_ms_interleaved({m: lambda m=m: step(m) for m in methods}, warmup=1, rounds=args.runs, min_time=0)
     print(f"\nresnet32x4 → resnet8x4, B={args.batch}, 3×32×32, {args.threads} threads")
     print(f"{'step':<15} {'median ms':>10} {'vs KD':>8}")
     for method, ms in rows.items():
