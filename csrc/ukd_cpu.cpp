@@ -265,7 +265,9 @@ void row_pass(int64_t batch, int64_t k, const T* y_s, const T* y_t, const T* l_s
         const T dz_s = kl_grad_second(p_zt[j], p_zs[j], s_dist) + kl_grad_second(p_ls[j], p_zs[j], s_supp);
         gls[j] = kl_grad_first(p_ls[j], lls, lzs, kl_supp_s, s_supp) + kl_grad_second(p_lt[j], p_ls[j], s_logit);
         glt[j] = kl_grad_first(p_lt[j], llt, lzt, kl_supp_t, s_supp) + kl_grad_first(p_lt[j], llt, lls, kl_logit, s_logit);
-        const GaussGrad<T> g = gauss_grad(gauss_terms(mu_s[j], std_s[j], mu_t[j], std_t[j]), s_gauss);
+        // weight 0: no gradient at all (not 0·inf = NaN when the unused Gaussian term overflows)
+        const GaussGrad<T> g = s_gauss != T(0) ? gauss_grad(gauss_terms(mu_s[j], std_s[j], mu_t[j], std_t[j]), s_gauss)
+                                                : GaussGrad<T>{T(0), T(0), T(0), T(0)};
         const T dlv_s = g.logvar_s + (es ? dz_s * sample_dlogvar(std_s[j], es[j]) : T(0));
         const T dlv_t = g.logvar_t + (et ? dz_t * sample_dlogvar(std_t[j], et[j]) : T(0));
         gys[j] = dz_s + g.mu_s;
@@ -327,8 +329,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused
   Tensor loss = at::empty({}, opts);
   AT_DISPATCH_FLOATING_TYPES(dtype, "ukd_total", [&] {
     const scalar_t* c = components.data_ptr<scalar_t>();
-    loss.data_ptr<scalar_t>()[0] = static_cast<scalar_t>(dist_weight) * c[0] + static_cast<scalar_t>(gauss_weight) * c[1] +
-                                   static_cast<scalar_t>(supp_weight) * c[2] + static_cast<scalar_t>(logit_weight) * c[3];
+    // A term of weight 0 adds nothing, even when it overflowed (0·inf would make the loss NaN).
+    auto term = [](double w, scalar_t v) { return w == 0.0 ? scalar_t(0) : static_cast<scalar_t>(w) * v; };
+    loss.data_ptr<scalar_t>()[0] = term(dist_weight, c[0]) + term(gauss_weight, c[1]) + term(supp_weight, c[2]) +
+                                   term(logit_weight, c[3]);
   });
   return {loss, components, pooled_s, pooled_t, gy_s, gy_t, gl_s, gl_t};
 }

@@ -52,6 +52,8 @@ def _forward_impl(
         feats_s, feats_t, logits_s, logits_t, weight_s, bias_s, weight_t, bias_t, noise_s, noise_t,
         temperature, dist_weight, gauss_weight, supp_weight, logit_weight, logvar_bound, need_grads,
     )  # fmt: skip
+    # custom_op forbids outputs aliasing each other; a backend may return one shared empty tensor for the unused ones
+    out = [t.clone() if any(t is u for u in out[:i]) else t for i, t in enumerate(out)]
     if check_finite:
         _check_finite_result(
             out, feats_s, feats_t, logits_s, logits_t, weight_s, bias_s, weight_t, bias_t, noise_s, noise_t

@@ -157,7 +157,7 @@ class UnifiedDistillLoss(nn.Module):
                 f"{prefix}_feats: expected {len(expected)} stages ({prefix}_channels={expected}), got {got}"
             )
         for i, (f, c) in enumerate(zip(feats, expected)):
-            if isinstance(f, Tensor) and f.dim() >= 2 and f.shape[1] != c:
+            if isinstance(f, Tensor) and f.dim() in (2, 4) and f.shape[1] != c:  # a wrong rank: ukd_loss says so
                 raise ValueError(
                     f"{prefix}_feats[{i}]: expected {c} channels ({prefix}_channels[{i}]), got {f.shape[1]}"
                 )
