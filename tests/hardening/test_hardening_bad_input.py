@@ -111,22 +111,11 @@ def assert_raises_naming(call: Callable[[], Tensor], exc: type[BaseException], p
 # ------------------------------------------------------------------------------------ validation errors
 WAYS = ["module", "compiled functional", "compiled functional fullgraph", "compiled module",
         "compiled module fullgraph"]  # fmt: skip
-TRITON_FULLGRAPH = pytest.mark.xfail(
-    strict=True,
-    reason="known bug: ukd.backends._check_triton calls importlib.import_module, which Dynamo refuses to trace, so "
-    "backend='triton' cannot run under torch.compile(fullgraph=True) at all (`from ukd_kernels import "
-    "unified_loss` instead would trace)",
-)
-
-
 def _matrix(test_name: str) -> list:
     out = []
     for way in WAYS:
         for backend in BACKENDS:
-            marks = []
-            if test_name == "non_finite" and backend == "triton" and way.endswith("fullgraph"):
-                marks.append(TRITON_FULLGRAPH)
-            out.append(pytest.param(way, backend, id=f"{way}-{backend}", marks=marks))
+            out.append(pytest.param(way, backend, id=f"{way}-{backend}"))
     return out
 
 

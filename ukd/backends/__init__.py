@@ -24,7 +24,6 @@ grad_logits_s, grad_logits_t, need_feat_grads_s, need_feat_grads_t)``
 
 from __future__ import annotations
 
-import importlib
 import os
 from types import ModuleType
 
@@ -65,7 +64,9 @@ def _check_triton(device: torch.device) -> ModuleType:
         reason = f"Triton kernels run on CUDA tensors (or CPU under TRITON_INTERPRET=1), not on {device.type}"
     if reason is not None:
         raise BackendUnavailableError(f"backend='triton' cannot run: {reason}")
-    return importlib.import_module("ukd_kernels.unified_loss")
+    from ukd_kernels import unified_loss  # a plain import: torch.compile traces it (importlib it cannot)
+
+    return unified_loss
 
 
 def _check_cpp(name: str, device: torch.device) -> ModuleType:
