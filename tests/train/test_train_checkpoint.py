@@ -1,0 +1,107 @@
+"""Checkpoint files: round trip, atomic replacement, and clear errors for truncated or corrupted files."""
+
+from __future__ import annotations
+
+import errno
+import io
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ukd.train import checkpoint as ckpt_mod
+from ukd.train.checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+
+
+def _state(seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {"epoch": seed, "weights": torch.randn(64, 32, generator=g), "nested": {"step": [1, 2, 3]}}
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+    state = _state(3)
+    save_checkpoint(path, state)
+    back = load_checkpoint(path)
+    assert back["epoch"] == 3 and back["nested"] == {"step": [1, 2, 3]}
+    assert torch.equal(back["weights"], state["weights"])
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        (lambda b: b[: len(b) // 2], "truncated"),
+        (lambda b: b[:20], "truncated"),
+        (lambda b: b"", "empty file"),
+        (lambda b: b[:-1], "truncated"),
+        (lambda b: b + b"\0", "padded"),
+        (lambda b: b[:5000] + bytes([b[5000] ^ 0x01]) + b[5001:], "corrupted"),  # one flipped bit in the tensor data
+        (lambda b: b"PK" + b[2:], "bad header"),
+    ],
+)
+def test_damaged_checkpoint_names_the_file(tmp_path: Path, damage, match: str) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, _state())
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(CheckpointError, match=match) as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_and_foreign_files(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"missing\.pt: file not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    plain = tmp_path / "plain.pt"
+    torch.save({"a": 1}, plain)  # a plain torch.save file is not a ukd checkpoint
+    with pytest.raises(CheckpointError, match=r"plain\.pt: bad header"):
+        load_checkpoint(plain)
+
+
+def test_failed_write_keeps_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, _state(1))
+    before = path.read_bytes()
+
+    def disk_full(f: io.BufferedWriter, data: bytes) -> None:
+        f.write(bytes(data)[: len(data) // 3])  # part of it lands, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt_mod, "_write_all", disk_full)
+    with pytest.raises(OSError) as info:
+        save_checkpoint(path, _state(2))
+    assert info.value.errno == errno.ENOSPC
+    assert path.read_bytes() == before  # the previous checkpoint is intact ...
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # ... and the partial temp file is gone
+
+
+def test_failed_fsync_keeps_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, _state(1))
+
+    def bad_fsync(fd: int) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(ckpt_mod.os, "fsync", bad_fsync)
+    with pytest.raises(OSError):
+        save_checkpoint(path, _state(2))
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_rng_state_round_trip() -> None:
+    state = capture_rng_state()
+    a = (torch.rand(3), np.random.rand(3), random.random())
+    restore_rng_state(state)
+    b = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]

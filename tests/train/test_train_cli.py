@@ -1,0 +1,51 @@
+"""The ``ukd`` command line: help for every subcommand, errors without tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ukd.cli import main
+
+SUBCOMMANDS = ["train-teacher", "distill", "evaluate", "demo"]
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_subcommand_help(command: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: ukd {command}")
+    if command != "evaluate":
+        for flag in ("--config", "--set", "--resume", "--quiet", "--epochs", "--output-dir"):
+            assert flag in out
+    if command == "distill":
+        assert "{ce,kd,dkd,ukd}" in out and "--teacher" in out
+
+
+def test_top_level_help_via_python_m() -> None:
+    proc = subprocess.run([sys.executable, "-m", "ukd", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for command in SUBCOMMANDS:
+        assert command in proc.stdout
+
+
+def test_missing_subcommand_and_bad_option(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit):
+        main(["distill", "--method", "fitnet"])
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_config_errors_are_reported_cleanly(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["distill", "--set", "optim.lrr=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ukd distill: error: unknown configuration key 'optim.lrr'") and "Traceback" not in err
+    assert main(["evaluate", str(tmp_path / "nope.pt")]) == 2
+    assert "nope.pt: file not found" in capsys.readouterr().err

@@ -1,0 +1,332 @@
+"""Run configuration: built-in defaults, YAML files, command-line overrides.
+
+A configuration is a nested ``dict`` with the shape of :data:`DEFAULTS`. It is built in layers, each overriding the
+one before::
+
+    DEFAULTS  <-  YAML file (--config)  <-  explicit flags (--epochs, --lr, ...)  <-  --set key=value, in order
+
+Keys are dotted paths into the nesting (``optim.lr``, ``distill.ukd.fusion``). Values given on the command line are
+parsed as YAML scalars or flow sequences (``0.1``, ``true``, ``null``, ``[30, 60]``). A key that is not in
+:data:`DEFAULTS` is an error that lists the valid keys of its section, so typos never pass silently.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "DEFAULTS",
+    "METHODS",
+    "ConfigError",
+    "apply_override",
+    "available_configs",
+    "get",
+    "load_config",
+    "merge",
+    "parse_override",
+    "resolve_config_path",
+    "set_value",
+    "validate",
+]
+
+Config = dict[str, Any]
+
+#: Distillation methods selectable by ``distill.method``.
+METHODS: tuple[str, ...] = ("ce", "kd", "dkd", "ukd")
+
+#: Every key a configuration may have, with its default: sane values for Fashion-MNIST on a CPU.
+DEFAULTS: Config = {
+    "seed": 0,
+    "output_dir": None,  # None: runs/teacher, runs/<model>_<method> or runs/demo, by command
+    "data": {
+        "name": "fashion_mnist",  # fashion_mnist | cifar10 | cifar100 | imagefolder
+        "data_dir": None,  # None: Debian's Fashion-MNIST files, else the subset embedded in ukd
+        "batch_size": 64,  # per process
+        "eval_batch_size": 256,
+        "num_workers": 0,  # the data sets are in memory; workers would compete with the compute threads
+        "augment": True,  # random crop + horizontal flip
+        "train_subset": None,  # int: train on a class-balanced random subset of this many images
+        "test_subset": None,  # int: evaluate on a class-balanced random subset of this many images
+        "subset_seed": 0,  # the subsets do not depend on the run's seed, so all runs see the same images
+    },
+    "model": {
+        "name": "resnet8",  # the network being trained: the teacher in train-teacher, the student in distill
+        "channels_last": True,  # faster convolutions on CPU
+    },
+    "optim": {
+        "epochs": 30,
+        "lr": 0.05,
+        "momentum": 0.9,
+        "weight_decay": 5.0e-4,
+        "nesterov": False,
+        "schedule": "cosine",  # step | cosine | constant; stepped once per epoch
+        "milestones": [150, 180, 210],  # step: epochs at which the lr is multiplied by gamma
+        "gamma": 0.1,
+    },
+    "teacher": {
+        "checkpoint": None,  # a checkpoint written by train-teacher (required by kd, dkd and ukd)
+    },
+    "distill": {
+        "method": "kd",  # ce | kd | dkd | ukd
+        "ce_weight": 1.0,
+        "kd": {"temperature": 4.0, "weight": 1.0},
+        "dkd": {"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup": 20},
+        "ukd": {
+            "logit": "dkd",  # the logit term added to the UKD loss: dkd | kd | none
+            "fusion": "abf",  # abf: AFF over the student stages (the paper); pool: concatenated pooled stages
+            "preact": False,  # features before each stage's final ReLU
+            "temperature": 4.0,
+            "weight": 1.0,  # scales the whole UKD loss
+            "dist_weight": 1.0,
+            "gauss_weight": 0.0,
+            "supp_weight": 1.0,
+            "sample": True,
+            "logvar_bound": 10.0,
+            "warmup": 0,  # > 0: linear warm-up of the UKD loss over this many epochs
+            "backend": "auto",
+        },
+    },
+    "run": {
+        "threads": None,  # compute threads per process; None: the usable cores / local processes
+        "device": "auto",  # auto | cpu | cuda
+        "quiet": False,  # no progress bars, no per-epoch lines
+        "resume": False,  # continue from <output_dir>/last.pt
+        "stop_after": None,  # int: stop (resumably) after this epoch, as if the run had been killed
+        "eval_every": 1,  # evaluate on the test set every n epochs (and always after the last)
+        "plot": True,
+        "save_rank_weights": False,  # every rank writes its final weights (checks data-parallel replicas)
+    },
+    "demo": {
+        "teacher": "resnet20",  # the teacher network trained first
+        "teacher_epochs": 8,
+        "methods": ["ce", "kd", "ukd"],
+    },
+}
+
+# Keys whose value may be of any type (the default is None or the value is free-form).
+_FREE_KEYS = {
+    "output_dir",
+    "data.data_dir",
+    "teacher.checkpoint",
+    "data.train_subset",
+    "data.test_subset",
+    "run.threads",
+    "run.stop_after",
+}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "distill.method": METHODS,
+    "distill.ukd.logit": ("dkd", "kd", "none"),
+    "distill.ukd.fusion": ("abf", "pool"),
+    "optim.schedule": ("step", "cosine", "constant"),
+    "run.device": ("auto", "cpu", "cuda"),
+    "distill.ukd.backend": ("auto", "reference", "cpu", "cuda", "triton"),
+}
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is malformed, names an unknown key, or has a value of the wrong type."""
+
+
+def _section_keys(path: str) -> list[str]:
+    node: Any = DEFAULTS
+    for part in [p for p in path.split(".") if p]:
+        node = node[part]
+    return sorted(node) if isinstance(node, dict) else []
+
+
+def _check_value(key: str, value: Any, default: Any) -> Any:
+    """Return ``value`` coerced to the type of ``default`` (int → float is allowed), or raise ConfigError."""
+    if key in _FREE_KEYS:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        if key in _CHOICES and value not in _CHOICES[key]:
+            raise ConfigError(f"{key}: expected one of {', '.join(_CHOICES[key])}, got {value!r}")
+        return value
+    if isinstance(default, list):
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return list(value)
+    return value
+
+
+def merge(base: Config, update: Mapping[str, Any], prefix: str = "") -> Config:
+    """Return a copy of ``base`` with ``update`` (a partial nested mapping) merged in, checked against DEFAULTS."""
+    out = copy.deepcopy(base)
+    defaults: Any = DEFAULTS
+    for part in [p for p in prefix.split(".") if p]:
+        defaults = defaults[part]
+    for key, value in update.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in defaults:
+            raise ConfigError(
+                f"unknown configuration key {full!r}; valid keys here: {', '.join(_section_keys(prefix))}"
+            )
+        if isinstance(defaults[key], dict):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{full}: expected a mapping (a section), got {value!r}")
+            out[key] = merge(out[key], value, full)
+        else:
+            out[key] = _check_value(full, value, defaults[key])
+    return out
+
+
+def get(cfg: Config, key: str) -> Any:
+    """The value at dotted ``key`` (e.g. ``"optim.lr"``)."""
+    node: Any = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def set_value(cfg: Config, key: str, value: Any) -> Config:
+    """Return a copy of ``cfg`` with dotted ``key`` set to ``value`` (checked against DEFAULTS)."""
+    parts = key.split(".")
+    if not key or any(not p for p in parts):
+        raise ConfigError(f"malformed configuration key {key!r}")
+    nested: Any = value
+    for part in reversed(parts):
+        nested = {part: nested}
+    return merge(cfg, nested)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``"key=value"`` into the dotted key and the YAML-parsed value (``"optim.lr=0.1"`` → ``("optim.lr", 0.1)``).
+
+    Raises:
+        ConfigError: no ``=``, an empty key, or a value that is not valid YAML.
+    """
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. optim.lr=0.1")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({exc})") from exc
+    return key, value
+
+
+def apply_override(cfg: Config, text: str) -> Config:
+    """Return a copy of ``cfg`` with one ``key=value`` override applied."""
+    key, value = parse_override(text)
+    return set_value(cfg, key, value)
+
+
+def available_configs() -> list[str]:
+    """Names of the configuration files shipped in ``ukd/configs`` (without ``.yaml``)."""
+    folder = resources.files("ukd") / "configs"
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """A path to an existing file, or the name of a shipped configuration (``"demo"`` → ``ukd/configs/demo.yaml``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = resources.files("ukd") / "configs" / f"{Path(str(name)).stem}.yaml"
+    if path.suffix in ("", ".yaml") and path.parent == Path(".") and shipped.is_file():
+        return Path(str(shipped))
+    raise ConfigError(
+        f"configuration file not found: {name} (shipped configurations: {', '.join(available_configs()) or 'none'})"
+    )
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    base: Config | None = None,
+) -> Config:
+    """Build a configuration: ``base`` (default :data:`DEFAULTS`) ← the YAML file at ``path`` ← ``overrides``.
+
+    Args:
+        path: a YAML file holding a (partial) nested mapping, or the name of a shipped configuration.
+        overrides: ``"key=value"`` strings, applied in order.
+        base: the configuration to start from.
+
+    Raises:
+        ConfigError: the file is missing or not a mapping, or a key/value is invalid; the message names the file.
+    """
+    cfg = copy.deepcopy(DEFAULTS if base is None else base)
+    if path is not None:
+        file = resolve_config_path(path)
+        try:
+            data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"configuration file {file}: not valid YAML ({exc})") from exc
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(
+                f"configuration file {file}: expected a mapping at the top level, got {type(data).__name__}"
+            )
+        try:
+            cfg = merge(cfg, data)
+        except ConfigError as exc:
+            raise ConfigError(f"configuration file {file}: {exc}") from exc
+    for text in overrides:
+        cfg = apply_override(cfg, text)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Check the values that a type check alone does not cover; raise :class:`ConfigError` naming the key."""
+
+    def positive_int(key: str, allow_none: bool = False) -> None:
+        value = get(cfg, key)
+        if value is None and allow_none:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key}: expected a positive integer{' or null' if allow_none else ''}, got {value!r}")
+
+    for key in ("data.batch_size", "data.eval_batch_size", "optim.epochs", "run.eval_every"):
+        positive_int(key)
+    for key in ("data.train_subset", "data.test_subset", "run.threads", "run.stop_after"):
+        positive_int(key, allow_none=True)
+    if cfg["data"]["num_workers"] < 0:
+        raise ConfigError(f"data.num_workers: expected an integer >= 0, got {cfg['data']['num_workers']}")
+    if cfg["optim"]["lr"] <= 0:
+        raise ConfigError(f"optim.lr: expected a number > 0, got {cfg['optim']['lr']}")
+    for key in ("distill.kd.temperature", "distill.dkd.temperature", "distill.ukd.temperature"):
+        if get(cfg, key) <= 0:
+            raise ConfigError(f"{key}: expected a number > 0, got {get(cfg, key)}")
+    for key in ("distill.dkd.warmup", "distill.ukd.warmup"):
+        if get(cfg, key) < 0:
+            raise ConfigError(f"{key}: expected an integer >= 0, got {get(cfg, key)}")
+    milestones = cfg["optim"]["milestones"]
+    if not all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in milestones):
+        raise ConfigError(f"optim.milestones: expected a list of positive integers, got {milestones!r}")
+    methods = cfg["demo"]["methods"]
+    bad = [m for m in methods if m not in METHODS]
+    if not methods or bad:
+        raise ConfigError(f"demo.methods: expected a non-empty list of {', '.join(METHODS)}, got {methods!r}")
+    if cfg["data"]["data_dir"] is not None and not isinstance(cfg["data"]["data_dir"], str):
+        raise ConfigError(f"data.data_dir: expected a path or null, got {cfg['data']['data_dir']!r}")
+    if cfg["output_dir"] is not None and not isinstance(cfg["output_dir"], str):
+        raise ConfigError(f"output_dir: expected a path or null, got {cfg['output_dir']!r}")
+    if cfg["teacher"]["checkpoint"] is not None and not isinstance(cfg["teacher"]["checkpoint"], str):
+        raise ConfigError(f"teacher.checkpoint: expected a path or null, got {cfg['teacher']['checkpoint']!r}")

@@ -1,0 +1,484 @@
+"""The training loop shared by ``train-teacher`` and ``distill``, and checkpoint evaluation.
+
+One run writes, under its ``output_dir`` (rank 0 only):
+
+* ``last.pt``       the checkpoint after the latest finished epoch (see :mod:`ukd.train.checkpoint`);
+* ``metrics.jsonl`` one JSON object per epoch (loss, top-1/top-5, learning rate, loss terms, times);
+* ``curves.png``    loss and accuracy against the epoch;
+* ``summary.json``  the final metrics, wall time and configuration.
+
+A checkpoint holds the network, the method's extra modules (UKD heads and fusion), the optimiser, the scheduler, the
+epoch, the configuration, and, for every rank, the torch/numpy/Python RNG states and the data generators' states, so
+``run.resume`` continues bit-exactly where the run stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ukd.models import build as build_model
+
+from . import distributed as dist_utils
+from .checkpoint import CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .config import DEFAULTS, load_config, merge
+from .data import Loaders, build_train_loaders, load_loader_state, loader_state
+from .methods import Objective, build_objective, needs_teacher
+from .metrics import plot_curves, read_metrics, topk_correct, truncate_metrics, write_metrics
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "RunResult",
+    "evaluate",
+    "evaluate_checkpoint",
+    "load_model",
+    "set_threads",
+    "train",
+]
+
+CHECKPOINT_NAME = "last.pt"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class RunResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        output_dir: where the run's files are.
+        model: the trained network (unwrapped, on its device).
+        objective: the network plus the method's trainable extras.
+        records: the per-epoch metrics of the whole run (resumed runs included).
+        final: the metrics of the last evaluated epoch (``test_top1``, ``test_top5``, ``test_loss``, ...).
+        wall_time: seconds spent training, summed over resumed segments.
+        finished: False when the run stopped early because of ``run.stop_after``.
+    """
+
+    output_dir: Path
+    model: nn.Module
+    objective: Objective
+    records: list[dict[str, Any]] = field(default_factory=list)
+    final: dict[str, Any] = field(default_factory=dict)
+    wall_time: float = 0.0
+    finished: bool = True
+
+
+def set_threads(requested: int | None, local_world_size: int = 1) -> int:
+    """Set torch's intra-op threads and return the number.
+
+    ``requested`` wins when given. Otherwise: the usable cores shared among this node's processes, lowered to the
+    cores found idle right now (at least 1). On a shared machine this matters far more than it seems: a thread that
+    has to wait for a busy core stalls every parallel region of its team, and training slowed down ten- to twentyfold
+    in measurements on 2 cores with another job running; one thread per free core avoids that.
+    """
+    if requested:
+        n = requested
+    else:
+        n = max(1, dist_utils.usable_cpus() // max(1, local_world_size))
+        idle = dist_utils.idle_cpus()
+        if idle is not None and local_world_size == 1:
+            n = max(1, min(n, int(idle + 0.35)))
+    torch.set_num_threads(n)
+    return n
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _to_device(x: Tensor, device: torch.device, channels_last: bool) -> Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+def load_model(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the network saved in a ukd checkpoint; returns ``(model in eval mode, checkpoint dict)``.
+
+    Raises:
+        CheckpointError: unreadable checkpoint, or one without a model (the message names the file).
+    """
+    ckpt = load_checkpoint(path, map_location="cpu")
+    spec = ckpt.get("model")
+    if not isinstance(spec, dict) or not {"name", "num_classes", "in_channels", "state_dict"} <= set(spec):
+        raise CheckpointError(f"checkpoint {path}: holds no model (expected a checkpoint written by ukd)")
+    model = build_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"])
+    try:
+        model.load_state_dict(spec["state_dict"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {path}: its weights do not fit model {spec['name']!r}: {exc}") from exc
+    return model.to(device).eval(), ckpt
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: torch.utils.data.DataLoader, device: torch.device, channels_last: bool = False
+) -> dict[str, float]:
+    """Test loss (CE), top-1 and top-5 (%) of ``model`` over ``loader``, summed over all ranks."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64)  # loss·n, top-1 hits, top-5 hits, n
+    for images, target in loader:
+        images = _to_device(images, device, channels_last)
+        target = target.to(device)
+        logits, _ = model(images)
+        c1, c5 = topk_correct(logits, target)
+        sums += torch.tensor(
+            [F.cross_entropy(logits.float(), target, reduction="sum").item(), c1, c5, target.numel()],
+            dtype=torch.float64,
+        )
+    model.train(was_training)
+    sums = dist_utils.all_reduce_sum(sums)
+    n = max(sums[3].item(), 1.0)
+    return {
+        "test_loss": sums[0].item() / n,
+        "test_top1": 100 * sums[1].item() / n,
+        "test_top5": 100 * sums[2].item() / n,
+    }
+
+
+class _Printer:
+    """Prints only on rank 0 and not when quiet; progress bars only on a terminal."""
+
+    def __init__(self, env: dist_utils.DistEnv, quiet: bool) -> None:
+        self.enabled = env.is_main and not quiet
+        self.bars = self.enabled and sys.stderr.isatty()
+
+    def __call__(self, text: str) -> None:
+        if self.enabled:
+            tqdm.write(text, file=sys.stdout)
+            sys.stdout.flush()
+
+
+def _build_scheduler(
+    optimizer: torch.optim.Optimizer, optim_cfg: dict[str, Any]
+) -> torch.optim.lr_scheduler.LRScheduler:
+    if optim_cfg["schedule"] == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=optim_cfg["epochs"])
+    milestones = optim_cfg["milestones"] if optim_cfg["schedule"] == "step" else []
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=optim_cfg["gamma"])
+
+
+def _load_teacher(cfg: dict[str, Any], device: torch.device, info: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    path = cfg["teacher"]["checkpoint"]
+    if not path:
+        raise ValueError(
+            f"method {cfg['distill']['method']!r} needs a teacher: set teacher.checkpoint "
+            "(e.g. --teacher runs/teacher/last.pt, a checkpoint written by `ukd train-teacher`)"
+        )
+    teacher, ckpt = load_model(path, device)
+    spec = ckpt["model"]
+    if spec["num_classes"] != info["num_classes"] or spec["in_channels"] != info["in_channels"]:
+        raise ValueError(
+            f"teacher {path}: built for {spec['num_classes']} classes and {spec['in_channels']} input channels, "
+            f"but the data set has {info['num_classes']} and {info['in_channels']}"
+        )
+    teacher.requires_grad_(False)
+    if cfg["model"]["channels_last"]:
+        teacher = teacher.to(memory_format=torch.channels_last)
+    return teacher, ckpt
+
+
+def _check_resumable(path: Path, ckpt: dict[str, Any], cfg: dict[str, Any], method: str, world: int) -> None:
+    if ckpt.get("version") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path}: format version {ckpt.get('version')!r}, expected {FORMAT_VERSION}")
+    missing = [k for k in ("model", "extra", "optimizer", "scheduler", "rank_states", "epoch") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {path}: cannot resume from it, it lacks {', '.join(missing)}")
+    mismatches = []
+    if ckpt["model"]["name"] != cfg["model"]["name"]:
+        mismatches.append(f"model {ckpt['model']['name']!r} vs {cfg['model']['name']!r}")
+    if ckpt.get("method") != method:
+        mismatches.append(f"method {ckpt.get('method')!r} vs {method!r}")
+    if len(ckpt["rank_states"]) != world:
+        mismatches.append(f"{len(ckpt['rank_states'])} processes vs {world}")
+    if mismatches:
+        raise CheckpointError(
+            f"checkpoint {path}: cannot resume this run from it ({'; '.join(mismatches)}); "
+            "use another output_dir or delete the checkpoint"
+        )
+
+
+def train(cfg: dict[str, Any], *, method: str | None = None, warn_data: bool = True) -> RunResult:
+    """Train ``cfg["model"]["name"]`` with ``method`` (default ``cfg["distill"]["method"]``).
+
+    ``method="ce"`` is ``train-teacher`` (and the student-alone baseline); the others load the frozen teacher from
+    ``cfg["teacher"]["checkpoint"]``. Under torchrun the run is data-parallel (the process group is joined here
+    and left to the caller to destroy).
+
+    Raises:
+        CheckpointError: ``run.resume`` is set and ``<output_dir>/last.pt`` is unreadable or belongs to another run.
+        FloatingPointError: the loss became non-finite (the message gives the epoch and step).
+    """
+    method = method or cfg["distill"]["method"]
+    run, ocfg = cfg["run"], cfg["optim"]
+    env = dist_utils.init_distributed(run["device"])
+    threads = set_threads(run["threads"], env.local_world_size)
+    say = _Printer(env, run["quiet"])
+    out = Path(cfg["output_dir"] or "runs/train")
+    ckpt_path = out / CHECKPOINT_NAME
+    metrics_path = out / "metrics.jsonl"
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    seed = int(cfg["seed"])
+    _seed_everything(seed)
+
+    loaders: Loaders = build_train_loaders(cfg["data"], seed, env, warn=warn_data and env.is_main)
+    info = loaders.info
+    channels_last = bool(cfg["model"]["channels_last"])
+    teacher: nn.Module | None = None
+    teacher_ckpt: dict[str, Any] = {}
+    if needs_teacher(method):
+        teacher, teacher_ckpt = _load_teacher(cfg, env.device, info)
+
+    model = build_model(cfg["model"]["name"], num_classes=info["num_classes"], in_channels=info["in_channels"])
+    objective = build_objective(model, method, cfg["distill"], info["num_classes"], teacher).to(env.device)
+    if channels_last:
+        objective = objective.to(memory_format=torch.channels_last)
+    params = [p for p in objective.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(
+        params, lr=ocfg["lr"], momentum=ocfg["momentum"], weight_decay=ocfg["weight_decay"], nesterov=ocfg["nesterov"]
+    )
+    scheduler = _build_scheduler(optimizer, ocfg)
+    # Each rank gets its own stream for the UKD noise (and anything else drawing from the global RNGs).
+    _seed_everything(seed + 1_000_003 * env.rank)
+
+    start_epoch, elapsed = 1, 0.0
+    if run["resume"]:
+        if ckpt_path.exists():
+            ckpt = load_checkpoint(ckpt_path, map_location="cpu")  # RNG states must stay on the CPU
+            _check_resumable(ckpt_path, ckpt, cfg, method, env.world_size)
+            model.load_state_dict(ckpt["model"]["state_dict"])
+            objective.load_extra_state(ckpt["extra"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            rank_state = ckpt["rank_states"][env.rank]
+            restore_rng_state(rank_state["rng"])
+            load_loader_state(loaders, rank_state["loader"])
+            start_epoch, elapsed = int(ckpt["epoch"]) + 1, float(ckpt.get("elapsed", 0.0))
+            if env.is_main:
+                truncate_metrics(metrics_path, int(ckpt["epoch"]))
+            say(f"resumed {ckpt_path} after epoch {ckpt['epoch']}")
+        else:
+            say(f"resume: no checkpoint at {ckpt_path}, starting from scratch")
+    elif env.is_main and metrics_path.exists():
+        metrics_path.unlink()  # a fresh run starts a fresh log
+
+    ddp: nn.Module = objective
+    if env.distributed:
+        # BatchNorm statistics stay per rank during the epoch and are averaged at its end (sync_buffers).
+        no_buffer_sync = (
+            {"forward_sync_buffers": False}
+            if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+            else {"broadcast_buffers": False}
+        )
+        ddp = DistributedDataParallel(
+            objective, device_ids=[env.device.index] if env.device.type == "cuda" else None, **no_buffer_sync
+        )
+
+    n_params = sum(p.numel() for p in model.parameters())
+    say(
+        f"[{method}] {cfg['model']['name']} ({n_params / 1e6:.2f}M params)"
+        + (f" <- teacher {teacher_ckpt['model']['name']}" if teacher is not None else "")
+        + f" | {info['name']} ({info['source']}): {info['train_size']} train / {info['test_size']} test"
+        + f" | {ocfg['epochs']} epochs, batch {cfg['data']['batch_size']}x{env.world_size}, lr {ocfg['lr']}"
+        + f" | {env.device}, {threads} thread(s) x {env.world_size} process(es) -> {out}"
+    )
+
+    records = read_metrics(metrics_path) if (env.is_main and start_epoch > 1) else []
+    finished = True
+    segment_start = time.perf_counter()
+    last_eval: dict[str, float] = {}
+    for epoch in range(start_epoch, ocfg["epochs"] + 1):
+        epoch_start = time.perf_counter()
+        loaders.set_epoch(epoch)
+        objective.train()
+        lr = optimizer.param_groups[0]["lr"]
+        sums = torch.zeros(4, dtype=torch.float64)  # loss·n, top-1 hits, top-5 hits, n
+        part_sums: dict[str, float] = {}
+        bar = tqdm(
+            loaders.train,
+            desc=f"{method} {epoch}/{ocfg['epochs']}",
+            disable=not say.bars,
+            leave=False,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
+        for step, (images, target) in enumerate(bar):
+            images = _to_device(images, env.device, channels_last)
+            target = target.to(env.device, non_blocking=True)
+            t_logits = t_feats = None
+            if teacher is not None:
+                with torch.no_grad():
+                    t_logits, t_feats = teacher(images, preact=objective.preact)
+            loss, logits, parts = ddp(images, target, t_logits, t_feats, epoch=epoch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"{out}: the {method} loss is {loss_value} at epoch {epoch}, step {step}")
+            b = target.numel()
+            c1, c5 = topk_correct(logits.detach(), target)
+            sums += torch.tensor([loss_value * b, c1, c5, b], dtype=torch.float64)
+            for name, value in parts.items():
+                part_sums[name] = part_sums.get(name, 0.0) + value.item() * b
+            if say.bars:
+                bar.set_postfix(
+                    loss=f"{sums[0].item() / sums[3].item():.4f}",
+                    acc=f"{100 * sums[1].item() / sums[3].item():.2f}%",
+                    refresh=False,
+                )
+        bar.close()
+        scheduler.step()
+        if env.distributed:
+            dist_utils.sync_buffers(objective)
+        names = sorted(part_sums)
+        totals = dist_utils.all_reduce_sum(
+            torch.cat([sums, torch.tensor([part_sums[k] for k in names], dtype=torch.float64)])
+        )
+        n = totals[3].item()
+        train_time = time.perf_counter() - epoch_start
+        record: dict[str, Any] = {
+            "epoch": epoch,
+            "lr": lr,
+            "train_loss": totals[0].item() / n,
+            "train_top1": 100 * totals[1].item() / n,
+            "train_top5": 100 * totals[2].item() / n,
+            "train_images": int(n),
+            **{f"train_{k}": totals[4 + i].item() / n for i, k in enumerate(names)},
+        }
+        if epoch % run["eval_every"] == 0 or epoch == ocfg["epochs"]:
+            last_eval = evaluate(model, loaders.test, env.device, channels_last)
+            record.update(last_eval)
+        else:
+            record.update(test_loss=None, test_top1=None, test_top5=None)
+        record.update(train_time=train_time, epoch_time=time.perf_counter() - epoch_start)
+        elapsed_now = elapsed + time.perf_counter() - segment_start
+        record["elapsed"] = elapsed_now
+        rank_states = dist_utils.all_gather_objects({"rng": capture_rng_state(), "loader": loader_state(loaders)})
+        if env.is_main:
+            records.append(record)
+            write_metrics(metrics_path, record)
+            state = {
+                "format": "ukd-checkpoint",
+                "version": FORMAT_VERSION,
+                "method": method,
+                "epoch": epoch,
+                "epochs": ocfg["epochs"],
+                "elapsed": elapsed_now,
+                "model": {
+                    "name": cfg["model"]["name"],
+                    "num_classes": info["num_classes"],
+                    "in_channels": info["in_channels"],
+                    "state_dict": model.state_dict(),
+                },
+                "extra": objective.extra_state(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rank_states": rank_states,
+                "metrics": record,
+                "config": copy.deepcopy(cfg),
+                "data_info": {k: v for k, v in info.items() if k != "classes"},
+            }
+            save_checkpoint(ckpt_path, state)
+        dist_utils.barrier()
+        test_txt = (
+            f"  test top-1 {record['test_top1']:6.2f}%  top-5 {record['test_top5']:6.2f}%"
+            if record["test_top1"] is not None
+            else ""
+        )
+        say(
+            f"[{method}] epoch {epoch:3d}/{ocfg['epochs']}  loss {record['train_loss']:.4f}  "
+            f"train {record['train_top1']:6.2f}%{test_txt}  lr {lr:.4g}  {record['epoch_time']:.1f}s"
+        )
+        if run["stop_after"] is not None and epoch >= run["stop_after"] and epoch < ocfg["epochs"]:
+            finished = False
+            say(f"[{method}] stopped after epoch {epoch} (run.stop_after); continue with --resume")
+            break
+
+    wall = elapsed + time.perf_counter() - segment_start
+    if start_epoch > ocfg["epochs"]:  # already finished: report the last evaluation
+        say(f"[{method}] {ckpt_path} is already at epoch {ocfg['epochs']}; nothing to train")
+        last_eval = evaluate(model, loaders.test, env.device, channels_last)
+    final = dict(records[-1]) if records else {}
+    final.update(last_eval)
+    if run["save_rank_weights"]:
+        torch.save({k: v.detach().cpu() for k, v in objective.state_dict().items()}, out / f"weights_rank{env.rank}.pt")
+    if env.is_main:
+        if run["plot"] and records:
+            title = f"{cfg['model']['name']} [{method}] on {info['name']}"
+            plot_curves(records, out / "curves.png", title)
+        summary = {
+            "method": method,
+            "model": cfg["model"]["name"],
+            "teacher": teacher_ckpt["model"]["name"] if teacher is not None else None,
+            "teacher_test_top1": teacher_ckpt.get("metrics", {}).get("test_top1") if teacher is not None else None,
+            "finished": finished,
+            "epochs_done": records[-1]["epoch"] if records else 0,
+            "final": final,
+            "wall_time": wall,
+            "world_size": env.world_size,
+            "threads": threads,
+            "data": {k: v for k, v in info.items() if k != "classes"},
+            "config": cfg,
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    dist_utils.barrier()
+    return RunResult(out, model, objective, records, final, wall, finished)
+
+
+def evaluate_checkpoint(
+    path: str | os.PathLike[str], overrides: Sequence[str] = (), *, warn_data: bool = True
+) -> dict[str, Any]:
+    """Evaluate the network of a checkpoint on the test set of the data it was trained on.
+
+    Args:
+        path: a checkpoint written by ``train-teacher`` or ``distill``.
+        overrides: ``key=value`` changes to the checkpoint's configuration (e.g. ``data.data_dir=...``,
+            ``data.test_subset=null``, ``run.threads=2``).
+
+    Returns:
+        ``{"checkpoint", "model", "method", "epoch", "test_loss", "test_top1", "test_top5", "test_size", "seconds"}``.
+    """
+    model, ckpt = load_model(path)
+    saved = ckpt.get("config")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"checkpoint {path}: holds no configuration")
+    cfg = load_config(None, overrides, base=merge(DEFAULTS, saved))
+    env = dist_utils.init_distributed(cfg["run"]["device"])
+    set_threads(cfg["run"]["threads"], env.local_world_size)
+    loaders = build_train_loaders(cfg["data"], int(cfg["seed"]), env, warn=warn_data and env.is_main)
+    channels_last = bool(cfg["model"]["channels_last"])
+    model = model.to(env.device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    start = time.perf_counter()
+    result = evaluate(model, loaders.test, env.device, channels_last)
+    return {
+        "checkpoint": str(path),
+        "model": ckpt["model"]["name"],
+        "method": ckpt.get("method"),
+        "epoch": ckpt.get("epoch"),
+        **result,
+        "test_size": loaders.info["test_size"],
+        "seconds": time.perf_counter() - start,
+    }
