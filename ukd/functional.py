@@ -309,15 +309,12 @@ def _check_finite_result(
     loss, _, _, _, *grads = out
     if _all_finite([loss, logits_s, logits_t, *grads]):
         return
-    named = [(f"student_feats[{i}]", f) for i, f in enumerate(feats_s)]
-    named += [(f"teacher_feats[{i}]", f) for i, f in enumerate(feats_t)]
-    named += [("student_logits", logits_s), ("teacher_logits", logits_t), ("student_weight", weight_s)]
-    named += [("student_bias", bias_s), ("teacher_weight", weight_t), ("teacher_bias", bias_t)]
-    named += [("noise_s", noise_s), ("noise_t", noise_t)]
-    for name, t in named:
-        if t is not None and not bool(torch.isfinite(t).all()):
-            n_bad = int((~torch.isfinite(t)).sum())
-            raise FloatingPointError(f"{name}: expected finite values, got {n_bad} non-finite (nan/inf) entries")
+    _check_finite_inputs({
+        **{f"student_feats[{i}]": f for i, f in enumerate(feats_s)},
+        **{f"teacher_feats[{i}]": f for i, f in enumerate(feats_t)},
+        "student_logits": logits_s, "teacher_logits": logits_t, "student_weight": weight_s, "student_bias": bias_s,
+        "teacher_weight": weight_t, "teacher_bias": bias_t, "noise_s": noise_s, "noise_t": noise_t,
+    })  # fmt: skip
     raise FloatingPointError(
         "ukd_loss: every input is finite but the loss or its gradient overflowed to a non-finite value "
         f"(loss={float(loss)}); the features or logits are too large for the compute dtype — scale them down, "
