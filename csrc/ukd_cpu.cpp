@@ -26,7 +26,7 @@ using at::Tensor;
 // ------------------------------------------------------------------------------------------------ pooling
 // Sum of n contiguous elements with 16 independent lanes (vectorised by the compiler, fixed order).
 template <typename scalar_t, typename acc_t>
-acc_t sum_contiguous(const scalar_t* x, int64_t n) {
+[[gnu::always_inline]] inline acc_t sum_contiguous(const scalar_t* x, int64_t n) {
   constexpr int kLanes = 16;
   acc_t lanes[kLanes] = {};
   int64_t i = 0;
@@ -50,27 +50,18 @@ acc_t sum_contiguous(const scalar_t* x, int64_t n) {
 
 // acc[j] += Σ_p rows[p·stride + j] for j < width: one channels_last tile.
 template <typename scalar_t, typename acc_t>
-void accumulate_rows(acc_t* acc, const scalar_t* rows, int64_t count, int64_t stride, int64_t width) {
+[[gnu::always_inline]] inline void accumulate_rows(acc_t* acc, const scalar_t* rows, int64_t count, int64_t stride,
+                                                   int64_t width) {
   for (int64_t p = 0; p < count; ++p) {
     const scalar_t* row = rows + p * stride;
     for (int64_t j = 0; j < width; ++j) acc[j] += static_cast<acc_t>(row[j]);
   }
 }
 
-// out[j] = exp(in[j]·scale − shift); `out` may be `in` (element-wise, no carried dependence).
-template <typename T>
-void exp_affine(T* out, const T* in, int64_t n, T scale, T shift) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) out[j] = fexp(in[j] * scale - shift);
-}
-
 UKD_MULTIVERSION float sum_f32(const float* x, int64_t n) { return sum_contiguous<float, float>(x, n); }
 UKD_MULTIVERSION void accumulate_rows_f32(float* acc, const float* rows, int64_t count, int64_t stride,
                                           int64_t width) {
   accumulate_rows<float, float>(acc, rows, count, stride, width);
-}
-UKD_MULTIVERSION void exp_affine_f32(float* out, const float* in, int64_t n, float scale, float shift) {
-  exp_affine<float>(out, in, n, scale, shift);
 }
 
 // Dispatch: the multiversioned float32 loop where there is one, the generic template otherwise.
@@ -85,14 +76,6 @@ void accumulate_rows_fast(acc_t* acc, const scalar_t* rows, int64_t count, int64
     accumulate_rows_f32(acc, rows, count, stride, width);
   } else {
     accumulate_rows<scalar_t, acc_t>(acc, rows, count, stride, width);
-  }
-}
-template <typename T>
-void exp_affine_fast(T* out, const T* in, int64_t n, T scale, T shift) {
-  if constexpr (std::is_same_v<T, float>) {
-    exp_affine_f32(out, in, n, scale, shift);
-  } else {
-    exp_affine<T>(out, in, n, scale, shift);
   }
 }
 
@@ -193,87 +176,132 @@ struct Weights {
   double temperature, dist, gauss, supp, logit, bound;
 };
 
-// One pass over the B rows of [μ; r] (student and teacher) and the logits: per-row terms into `rows`
-// (B, 4) and, when the grad pointers are non-null, the gradients of the weighted mean loss.
-// Six exps per class and row: σ_s, σ_t, and one softmax numerator for each of z_s, z_t, l_s, l_t; every
-// other exp of the math is recovered from those (probabilities are kept, log-probabilities are x/T − lse).
+// One row of the B×K problem: pointers into the inputs, the outputs and this thread's scratch.
+template <typename T>
+struct Row {
+  const T *mu_s, *r_s, *mu_t, *r_t, *logit_s, *logit_t, *eps_s, *eps_t;  // eps: zeros when there is no noise
+  T* terms;                                                             // (4,) dist, gauss, supp, logit
+  T *grad_y_s, *grad_y_t, *grad_logit_s, *grad_logit_t;                 // null when no gradients are wanted
+};
+
+template <typename T>
+struct RowConsts {
+  T temp, inv_t, bound, s_dist, s_supp, s_logit, s_gauss;
+};
+
+// Every loop below is a branch-free `omp simd` loop over the K classes, so the compiler vectorises each one
+// (fexp is a polynomial, selects are blends). Six exps per class: σ_s, σ_t and one softmax numerator for each
+// of z_s, z_t, l_s, l_t; every other exp of the math is recovered from those (log-probabilities are x/T − lse).
+// `scratch` holds 6·K: σ_s, σ_t, then softmax(x/T) of z_s, z_t, l_s, l_t; z_s and z_t go to `z` (2·K).
+template <typename T>
+[[gnu::always_inline]] inline void row_kernel(int64_t k, const Row<T>& in, const RowConsts<T>& c, T* scratch, T* z) {
+  T *std_s = scratch, *std_t = scratch + k, *z_s = z, *z_t = z + k;
+  T* prob[4] = {scratch + 2 * k, scratch + 3 * k, scratch + 4 * k, scratch + 5 * k};
+  const T *mu_s = in.mu_s, *r_s = in.r_s, *mu_t = in.mu_t, *r_t = in.r_t, *es = in.eps_s, *et = in.eps_t;
+  const T bound = c.bound;
+  T gauss = 0;
+#pragma omp simd reduction(+ : gauss)
+  for (int64_t j = 0; j < k; ++j) {
+    const T lv_s = clamp_logvar(r_s[j], bound), lv_t = clamp_logvar(r_t[j], bound);
+    const T ss = std_of(lv_s), st = std_of(lv_t);
+    std_s[j] = ss;
+    std_t[j] = st;
+    z_s[j] = sample(mu_s[j], ss, es[j]);
+    z_t[j] = sample(mu_t[j], st, et[j]);
+    gauss += gauss_elem(gauss_terms(mu_s[j], ss, mu_t[j], st), lv_s, lv_t);
+  }
+  const T* src[4] = {z_s, z_t, in.logit_s, in.logit_t};
+  T lse[4];
+  for (int v = 0; v < 4; ++v) {
+    const T* x = src[v];
+    T* p = prob[v];
+    T m = -INFINITY;
+#pragma omp simd reduction(max : m)
+    for (int64_t j = 0; j < k; ++j) m = x[j] > m ? x[j] : m;  // a NaN is skipped here but poisons the sum
+    const T shift = m * c.inv_t;
+    T sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < k; ++j) {
+      p[j] = fexp(x[j] * c.inv_t - shift);
+      sum += p[j];
+    }
+    const T inv_sum = T(1) / sum;
+#pragma omp simd
+    for (int64_t j = 0; j < k; ++j) p[j] *= inv_sum;
+    lse[v] = shift + flog(sum);
+  }
+  const T *p_zs = prob[0], *p_zt = prob[1], *p_ls = prob[2], *p_lt = prob[3];
+  const T *ls = in.logit_s, *lt = in.logit_t, inv_t = c.inv_t;
+  T kl_dist = 0, kl_supp_s = 0, kl_supp_t = 0, kl_logit = 0;
+#pragma omp simd reduction(+ : kl_dist, kl_supp_s, kl_supp_t, kl_logit)
+  for (int64_t j = 0; j < k; ++j) {
+    const T lzs = z_s[j] * inv_t - lse[0], lzt = z_t[j] * inv_t - lse[1];
+    const T lls = ls[j] * inv_t - lse[2], llt = lt[j] * inv_t - lse[3];
+    kl_dist += kl_elem(p_zt[j], lzt, lzs);
+    kl_supp_s += kl_elem(p_ls[j], lls, lzs);
+    kl_supp_t += kl_elem(p_lt[j], llt, lzt);
+    kl_logit += kl_elem(p_lt[j], llt, lls);
+  }
+  const T t2 = c.temp * c.temp;
+  in.terms[0] = t2 * kl_dist;
+  in.terms[1] = gauss;
+  in.terms[2] = t2 * (kl_supp_s + kl_supp_t);
+  in.terms[3] = t2 * kl_logit;
+  if (in.grad_y_s == nullptr) return;
+  T *gys = in.grad_y_s, *gyt = in.grad_y_t, *gls = in.grad_logit_s, *glt = in.grad_logit_t;
+  const T s_dist = c.s_dist, s_supp = c.s_supp, s_logit = c.s_logit, s_gauss = c.s_gauss;
+  const bool use_gauss = s_gauss != T(0);  // weight 0: no gradient (not 0·inf = NaN when the unused term overflows)
+#pragma omp simd
+  for (int64_t j = 0; j < k; ++j) {
+    const T lzs = z_s[j] * inv_t - lse[0], lzt = z_t[j] * inv_t - lse[1];
+    const T lls = ls[j] * inv_t - lse[2], llt = lt[j] * inv_t - lse[3];
+    const T dz_t = kl_grad_first(p_zt[j], lzt, lzs, kl_dist, s_dist) + kl_grad_second(p_lt[j], p_zt[j], s_supp);
+    const T dz_s = kl_grad_second(p_zt[j], p_zs[j], s_dist) + kl_grad_second(p_ls[j], p_zs[j], s_supp);
+    gls[j] = kl_grad_first(p_ls[j], lls, lzs, kl_supp_s, s_supp) + kl_grad_second(p_lt[j], p_ls[j], s_logit);
+    glt[j] = kl_grad_first(p_lt[j], llt, lzt, kl_supp_t, s_supp) + kl_grad_first(p_lt[j], llt, lls, kl_logit, s_logit);
+    const GaussGrad<T> g = gauss_grad(gauss_terms(mu_s[j], std_s[j], mu_t[j], std_t[j]), s_gauss);
+    const T dlv_s = (use_gauss ? g.logvar_s : T(0)) + dz_s * sample_dlogvar(std_s[j], es[j]);
+    const T dlv_t = (use_gauss ? g.logvar_t : T(0)) + dz_t * sample_dlogvar(std_t[j], et[j]);
+    gys[j] = dz_s + (use_gauss ? g.mu_s : T(0));
+    gyt[j] = dz_t + (use_gauss ? g.mu_t : T(0));
+    gys[k + j] = dlv_s * clamp_grad(r_s[j], bound);
+    gyt[k + j] = dlv_t * clamp_grad(r_t[j], bound);
+  }
+}
+
+// Compiled for AVX2 and the baseline (float and double), the loader picks one per CPU.
+UKD_MULTIVERSION void row_kernel_f32(int64_t k, const Row<float>& in, const RowConsts<float>& c, float* scratch,
+                                     float* z) {
+  row_kernel<float>(k, in, c, scratch, z);
+}
+UKD_MULTIVERSION void row_kernel_f64(int64_t k, const Row<double>& in, const RowConsts<double>& c, double* scratch,
+                                     double* z) {
+  row_kernel<double>(k, in, c, scratch, z);
+}
+
+// One pass over the B rows of [μ; r] (student and teacher) and the logits: per-row terms into `rows` (B, 4)
+// and, when the grad pointers are non-null, the gradients of the weighted mean loss.
 template <typename T>
 void row_pass(int64_t batch, int64_t k, const T* y_s, const T* y_t, const T* l_s, const T* l_t, const T* eps_s,
               const T* eps_t, const Weights& w, T* rows, T* gy_s, T* gy_t, T* gl_s, T* gl_t) {
-  const T temp = static_cast<T>(w.temperature), inv_t = T(1) / temp, bound = static_cast<T>(w.bound);
-  const T per_row = T(1) / static_cast<T>(batch);
-  const T s_dist = static_cast<T>(w.dist) * temp * per_row, s_supp = static_cast<T>(w.supp) * temp * per_row;
-  const T s_logit = static_cast<T>(w.logit) * temp * per_row, s_gauss = static_cast<T>(w.gauss) * per_row;
+  const T temp = static_cast<T>(w.temperature), per_row = T(1) / static_cast<T>(batch);
+  const RowConsts<T> c{temp, T(1) / temp, static_cast<T>(w.bound), static_cast<T>(w.dist) * temp * per_row,
+                       static_cast<T>(w.supp) * temp * per_row, static_cast<T>(w.logit) * temp * per_row,
+                       static_cast<T>(w.gauss) * per_row};
   const bool grads = gy_s != nullptr;
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> scratch(8 * k);
-    T* z_s = scratch.data();
-    T* z_t = z_s + k;
-    T* std_s = z_t + k;
-    T* std_t = std_s + k;
-    T* prob[4] = {std_t + k, std_t + 2 * k, std_t + 3 * k, std_t + 4 * k};  // softmax(x/T) of z_s, z_t, l_s, l_t
+    std::vector<T> scratch(8 * k + ((eps_s && eps_t) ? 0 : k), T(0));  // the last K stay zero: "no noise"
+    const T* zeros = scratch.data() + 8 * k;
     for (int64_t b = begin; b < end; ++b) {
-      const T *mu_s = y_s + b * 2 * k, *r_s = mu_s + k, *mu_t = y_t + b * 2 * k, *r_t = mu_t + k;
-      const T *ls = l_s + b * k, *lt = l_t + b * k;
-      const T *es = eps_s ? eps_s + b * k : nullptr, *et = eps_t ? eps_t + b * k : nullptr;
-      for (int64_t j = 0; j < k; ++j) {  // σ = std_of(ℓ) = e^{ℓ/2}, in two vectorised passes
-        std_s[j] = clamp_logvar(r_s[j], bound);
-        std_t[j] = clamp_logvar(r_t[j], bound);
-      }
-      exp_affine_fast(std_s, std_s, 2 * k, T(0.5), T(0));  // std_t follows std_s in scratch
-      T gauss = 0;
-      for (int64_t j = 0; j < k; ++j) {
-        const T lv_s = clamp_logvar(r_s[j], bound), lv_t = clamp_logvar(r_t[j], bound);
-        z_s[j] = es ? sample(mu_s[j], std_s[j], es[j]) : mu_s[j];
-        z_t[j] = et ? sample(mu_t[j], std_t[j], et[j]) : mu_t[j];
-        gauss += gauss_elem(gauss_terms(mu_s[j], std_s[j], mu_t[j], std_t[j]), lv_s, lv_t);
-      }
-      const T* src[4] = {z_s, z_t, ls, lt};
-      T lse[4];
-      for (int v = 0; v < 4; ++v) {
-        const T* sv = src[v];
-        T m = -INFINITY;
-#pragma omp simd reduction(max : m)
-        for (int64_t j = 0; j < k; ++j) m = sv[j] > m ? sv[j] : m;  // NaN is skipped here but poisons the sum
-        m *= inv_t;
-        exp_affine_fast(prob[v], sv, k, inv_t, m);
-        const T sum = sum_fast<T, T>(prob[v], k);
-        const T inv_sum = T(1) / sum;
-        for (int64_t j = 0; j < k; ++j) prob[v][j] *= inv_sum;
-        lse[v] = m + flog(sum);
-      }
-      const T *p_zs = prob[0], *p_zt = prob[1], *p_ls = prob[2], *p_lt = prob[3];
-      auto logp = [&](int v, int64_t j) { return src[v][j] * inv_t - lse[v]; };
-      T kl_dist = 0, kl_supp_s = 0, kl_supp_t = 0, kl_logit = 0;
-      for (int64_t j = 0; j < k; ++j) {
-        const T lzs = logp(0, j), lzt = logp(1, j), lls = logp(2, j), llt = logp(3, j);
-        kl_dist += kl_elem(p_zt[j], lzt, lzs);
-        kl_supp_s += kl_elem(p_ls[j], lls, lzs);
-        kl_supp_t += kl_elem(p_lt[j], llt, lzt);
-        kl_logit += kl_elem(p_lt[j], llt, lls);
-      }
-      T* row = rows + 4 * b;
-      row[0] = temp * temp * kl_dist;
-      row[1] = gauss;
-      row[2] = temp * temp * (kl_supp_s + kl_supp_t);
-      row[3] = temp * temp * kl_logit;
-      if (!grads) continue;
-      T *gys = gy_s + b * 2 * k, *gyt = gy_t + b * 2 * k, *gls = gl_s + b * k, *glt = gl_t + b * k;
-      for (int64_t j = 0; j < k; ++j) {
-        const T lzs = logp(0, j), lzt = logp(1, j), lls = logp(2, j), llt = logp(3, j);
-        const T dz_t = kl_grad_first(p_zt[j], lzt, lzs, kl_dist, s_dist) + kl_grad_second(p_lt[j], p_zt[j], s_supp);
-        const T dz_s = kl_grad_second(p_zt[j], p_zs[j], s_dist) + kl_grad_second(p_ls[j], p_zs[j], s_supp);
-        gls[j] = kl_grad_first(p_ls[j], lls, lzs, kl_supp_s, s_supp) + kl_grad_second(p_lt[j], p_ls[j], s_logit);
-        glt[j] = kl_grad_first(p_lt[j], llt, lzt, kl_supp_t, s_supp) + kl_grad_first(p_lt[j], llt, lls, kl_logit, s_logit);
-        // weight 0: no gradient at all (not 0·inf = NaN when the unused Gaussian term overflows)
-        const GaussGrad<T> g = s_gauss != T(0) ? gauss_grad(gauss_terms(mu_s[j], std_s[j], mu_t[j], std_t[j]), s_gauss)
-                                                : GaussGrad<T>{T(0), T(0), T(0), T(0)};
-        const T dlv_s = g.logvar_s + (es ? dz_s * sample_dlogvar(std_s[j], es[j]) : T(0));
-        const T dlv_t = g.logvar_t + (et ? dz_t * sample_dlogvar(std_t[j], et[j]) : T(0));
-        gys[j] = dz_s + g.mu_s;
-        gyt[j] = dz_t + g.mu_t;
-        gys[k + j] = dlv_s * clamp_grad(r_s[j], bound);
-        gyt[k + j] = dlv_t * clamp_grad(r_t[j], bound);
+      const T *mu_s = y_s + b * 2 * k, *mu_t = y_t + b * 2 * k;
+      const Row<T> row{mu_s, mu_s + k, mu_t, mu_t + k, l_s + b * k, l_t + b * k,
+                       eps_s ? eps_s + b * k : zeros, eps_t ? eps_t + b * k : zeros, rows + 4 * b,
+                       grads ? gy_s + b * 2 * k : nullptr, grads ? gy_t + b * 2 * k : nullptr,
+                       grads ? gl_s + b * k : nullptr, grads ? gl_t + b * k : nullptr};
+      if constexpr (std::is_same_v<T, float>) {
+        row_kernel_f32(k, row, c, scratch.data(), scratch.data() + 6 * k);
+      } else {
+        row_kernel_f64(k, row, c, scratch.data(), scratch.data() + 6 * k);
       }
     }
   });

@@ -25,10 +25,15 @@ UKD_HD float fexp(float x) { return expf(x); }
 // degree-6 polynomial for e^r (the coefficients of Cephes' expf; relative error ≈ 2 ulp). NaN stays NaN, overflow → inf, underflow → 0.
 inline float fexp(float x) {
   const float hi = 88.3762626647949f, lo = -87.3365478515625f;
-  const float clamped = x > hi ? hi : (x < lo ? lo : x);
-  const float fn = clamped * 1.44269504088896341f;
-  const int n = static_cast<int>(fn + (fn >= 0.f ? 0.5f : -0.5f));
-  const float r = clamped - static_cast<float>(n) * 0.693359375f + static_cast<float>(n) * 2.12194440e-4f;
+  float clamped = x > hi ? hi : x;
+  clamped = clamped < lo ? lo : clamped;
+  // n = round(x / ln 2) without a branch or a float→int call: adding 1.5·2²³ leaves n in the low mantissa bits.
+  const float shifted = clamped * 1.44269504088896341f + 12582912.f;
+  int32_t n;
+  std::memcpy(&n, &shifted, sizeof n);
+  n -= 0x4B400000;
+  const float fn = shifted - 12582912.f;
+  const float r = clamped - fn * 0.693359375f + fn * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
@@ -41,7 +46,8 @@ inline float fexp(float x) {
   bits += n * (1 << 23);
   float out;
   std::memcpy(&out, &bits, sizeof out);
-  out = x < lo ? 0.f : (x > hi ? INFINITY : out);
+  out = x < lo ? 0.f : out;
+  out = x > hi ? INFINITY : out;
   return x != x ? x : out;
 }
 #endif
@@ -141,8 +147,9 @@ UKD_HD GaussTerms<T> gauss_terms(T mu_s, T std_s, T mu_t, T std_t) {
   const T ratio = std_t * inv_std_s;
   return {mu_t - mu_s, ratio * ratio, inv_std_s * inv_std_s};
 }
+// GaussTerms are passed by value: a reference would keep them in memory and stop the host vectoriser.
 template <typename T>
-UKD_HD T gauss_elem(const GaussTerms<T>& g, T logvar_s, T logvar_t) {
+UKD_HD T gauss_elem(GaussTerms<T> g, T logvar_s, T logvar_t) {
   return T(0.5) * (logvar_s - logvar_t + g.var_ratio + g.d * g.d * g.inv_var_s - T(1));
 }
 
@@ -152,7 +159,7 @@ struct GaussGrad {
   T mu_s, logvar_s, mu_t, logvar_t;
 };
 template <typename T>
-UKD_HD GaussGrad<T> gauss_grad(const GaussTerms<T>& g, T scale) {
+UKD_HD GaussGrad<T> gauss_grad(GaussTerms<T> g, T scale) {
   const T dmu = scale * g.d * g.inv_var_s;
   return {-dmu, scale * T(0.5) * (T(1) - g.var_ratio - g.d * g.d * g.inv_var_s), dmu,
           scale * T(0.5) * (g.var_ratio - T(1))};
