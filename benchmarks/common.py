@@ -137,38 +137,56 @@ def peak_bytes(step: Callable[[], None]) -> int:
     return tracker.peak
 
 
-def copy_bandwidth(nbytes: int) -> float:
-    """Bytes/s of a large device copy (read + write counted) between preallocated buffers of ``nbytes``."""
-    src = torch.ones(max(nbytes // 4, 1 << 20))
-    dst = torch.empty_like(src)
-    ms = median_ms(lambda: dst.copy_(src), min_runs=20)
-    return 2 * src.numel() * 4 / (ms * 1e-3)
+def floor_steps(case: Case) -> tuple[dict[str, Callable[[], None]], int]:
+    """Steps that time the floor of a fused forward+backward, to run interleaved with the variants.
 
-
-def floor_ms(case: Case) -> dict[str, float]:
-    """The floor of a fused forward+backward, measured on this machine now.
-
-    Bytes that must move: every feature read once, each student feature gradient written once, the heads read
-    and their gradients written; over the bandwidth of a large copy. Plus the head GEMMs (forward: two projections;
-    backward: two weight gradients and the student pooled gradient) timed as same-size ``torch.mm`` calls.
+    ``floor:bytes`` copies between preallocated buffers so that exactly the bytes that must move are moved (half
+    read, half written): every feature read once, each student feature gradient written once, the heads read and
+    their gradients written. ``floor:gemm`` runs the head GEMMs as same-size ``torch.mm`` calls: forward, the two
+    projections; backward, the two weight gradients and the student pooled gradient. Returns the steps and the bytes.
     """
     feats = [*case.student_feats, *case.teacher_feats]
     read = sum(f.numel() * f.element_size() for f in feats)
     write = sum(f.numel() * f.element_size() for f in case.student_feats if f.requires_grad)
     heads = 2 * sum(w.numel() * w.element_size() for w in (case.student_weight, case.teacher_weight))
     nbytes = read + write + heads
-    bw = copy_bandwidth(nbytes)
+    src = torch.ones(nbytes // 8)  # float32: nbytes/2 read + nbytes/2 written
+    dst = torch.empty_like(src)
     batch = case.student_logits.shape[0]
-    gemm_ms = 0.0
-    for w in (case.student_weight, case.teacher_weight):
-        p = torch.randn(batch, w.shape[1], dtype=w.dtype)
-        dy = torch.randn(batch, w.shape[0], dtype=w.dtype)
-        wd = w.detach()
-        gemm_ms += median_ms(lambda p=p, wd=wd: torch.mm(p, wd.t()))  # projection
-        gemm_ms += median_ms(lambda p=p, dy=dy: torch.mm(dy.t(), p))  # weight gradient
-    ws = case.student_weight.detach()
-    dy = torch.randn(batch, ws.shape[0], dtype=ws.dtype)
-    gemm_ms += median_ms(lambda: torch.mm(dy, ws))  # student pooled gradient
-    bytes_ms = nbytes / bw * 1e3
-    return {"bytes": nbytes, "bandwidth_GBps": bw / 1e9, "bytes_ms": bytes_ms, "gemm_ms": gemm_ms,
+    ws, wt = case.student_weight.detach(), case.teacher_weight.detach()
+    gen = torch.Generator().manual_seed(0)
+    p_s, p_t = (torch.randn(batch, w.shape[1], generator=gen, dtype=w.dtype) for w in (ws, wt))
+    dy_s, dy_t = (torch.randn(batch, w.shape[0], generator=gen, dtype=w.dtype) for w in (ws, wt))
+
+    def gemms() -> None:
+        torch.mm(p_s, ws.t()), torch.mm(p_t, wt.t())  # projections
+        torch.mm(dy_s.t(), p_s), torch.mm(dy_t.t(), p_t)  # weight gradients
+        torch.mm(dy_s, ws)  # student pooled gradient
+
+    return {"floor:bytes": lambda: dst.copy_(src), "floor:gemm": gemms}, nbytes
+
+
+def floor_from(times: dict[str, float], nbytes: int) -> dict[str, float]:
+    """The floor in ms from the interleaved timings of :func:`floor_steps`."""
+    bytes_ms, gemm_ms = times["floor:bytes"], times["floor:gemm"]
+    return {"bytes": nbytes, "bandwidth_GBps": nbytes / bytes_ms / 1e6, "bytes_ms": bytes_ms, "gemm_ms": gemm_ms,
             "floor_ms": bytes_ms + gemm_ms}  # fmt: skip
+
+
+# glibc returns freed blocks above its mmap threshold to the kernel, so a step that allocates feature-sized
+# gradients takes fresh zeroed pages (page faults) every time; "retain" keeps freed memory in the heap.
+MALLOC_MODES = ("glibc", "retain")
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def set_malloc(mode: str) -> None:
+    """``glibc``: the defaults. ``retain``: every block comes from the heap (no mmap) and freed memory is kept."""
+    if mode == "glibc":
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    if not hasattr(libc, "mallopt"):
+        raise SystemExit(f"--malloc {mode}: this C library has no mallopt (glibc only)")
+    if not (libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)):
+        raise SystemExit(f"--malloc {mode}: mallopt refused the thresholds")

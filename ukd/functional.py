@@ -216,6 +216,7 @@ class _UnifiedLossFunction(torch.autograd.Function):
         feats_s, feats_t, small = list(tensors[:num_s]), list(tensors[num_s : num_s + num_t]), tensors[num_s + num_t :]
         out = _forward_impl(feats_s, feats_t, *small, *options)
         ctx.mark_non_differentiable(*out[1:])
+        ctx.set_materialize_grads(False)  # no zero tensors for the outputs that carry no gradient
         ctx.num_s, ctx.num_t, ctx.backend = num_s, num_t, options[-1]
         ctx.save_for_backward(small[2], small[4], *out[2:], *feats_s, *feats_t)
         return out
@@ -223,6 +224,8 @@ class _UnifiedLossFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, *unused_grads):
         needs = ctx.needs_input_grad[3:]
+        if grad_loss is None:  # only the non-differentiable outputs were used
+            return (None, None, None, *([None] * len(needs)))
         num_s, num_t = ctx.num_s, ctx.num_t
         per_s, per_t, small = _backward_impl(
             grad_loss, ctx.saved_tensors, num_s, list(needs[:num_s]), list(needs[num_s : num_s + num_t]),
