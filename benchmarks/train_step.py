@@ -1,6 +1,6 @@
 """Training-step benchmark: what UKD costs on top of KD in a real distillation step.
 
-    python benchmarks/train_step.py [--batch 64] [--runs 15]
+    python benchmarks/train_step.py [--batch 64] [--runs 15] [--malloc retain]
 
 resnet32x4 → resnet8x4 on 3×32×32 inputs: teacher forward (no grad), student forward, loss, student backward
 (gradients reset each step, no optimiser step). The variants are timed round-robin, so that load from other
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import median_ms_interleaved
+from common import MALLOC_MODES, median_ms_interleaved, set_malloc
 
 from ukd import UnifiedDistillLoss
 from ukd.losses import kd_loss
@@ -30,7 +30,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--malloc", choices=MALLOC_MODES, default="glibc", help="allocator setting (see run.py)")
     args = parser.parse_args()
+    set_malloc(args.malloc)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     teacher = build("resnet32x4", num_classes=100).eval().requires_grad_(False)
@@ -58,7 +60,7 @@ def main() -> None:
 
     methods = ("ce", "kd", "ukd:cpu", "ukd:reference")
     rows = median_ms_interleaved({m: lambda m=m: step(m) for m in methods}, warmup=1, rounds=args.runs, min_time=0)
-    print(f"\nresnet32x4 → resnet8x4, B={args.batch}, 3×32×32, {args.threads} threads")
+    print(f"\nresnet32x4 → resnet8x4, B={args.batch}, 3×32×32, {args.threads} threads, malloc: {args.malloc}")
     print(f"{'step':<15} {'median ms':>10} {'vs KD':>8}")
     for method, ms in rows.items():
         print(f"{method:<15} {ms:>10.1f} {100 * (ms / rows['kd'] - 1):>+7.1f}%")
