@@ -369,10 +369,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused
 template <typename scalar_t, typename acc_t>
 void broadcast_task(const StageView& st, const PoolTask& t, const acc_t* grad, int64_t grad_stride, scalar_t* out) {
   const acc_t* src = grad + t.b * grad_stride + st.column;
-  const acc_t inv_hw = acc_t(1) / static_cast<acc_t>(st.hw);
+  const acc_t hw = static_cast<acc_t>(st.hw);  // a division, as the broadcast-view path does: equal bits
   if (!st.channels_last) {
     for (int64_t c = t.c0; c < t.c1; ++c) {
-      const scalar_t v = static_cast<scalar_t>(src[c] * inv_hw);
+      const scalar_t v = static_cast<scalar_t>(src[c] / hw);
       scalar_t* dst = out + (t.b * st.channels + c) * st.hw;
       std::fill(dst, dst + st.hw, v);
     }
@@ -380,7 +380,7 @@ void broadcast_task(const StageView& st, const PoolTask& t, const acc_t* grad, i
   }
   const int64_t width = t.c1 - t.c0;
   std::vector<scalar_t> row(width);
-  for (int64_t j = 0; j < width; ++j) row[j] = static_cast<scalar_t>(src[t.c0 + j] * inv_hw);
+  for (int64_t j = 0; j < width; ++j) row[j] = static_cast<scalar_t>(src[t.c0 + j] / hw);
   scalar_t* base = out + t.b * st.hw * st.channels + t.c0;
   for (int64_t p = 0; p < st.hw; ++p) std::copy(row.begin(), row.end(), base + p * st.channels);
 }

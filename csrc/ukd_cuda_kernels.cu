@@ -249,8 +249,8 @@ __device__ void fill_nchw(const PoolStage& st, int64_t b, int64_t chunk) {
   const int lane = threadIdx.x & (lanes - 1);
   const int64_t c = chunk * st.chunk_channels + (threadIdx.x >> st.lanes_log2);
   if (c >= st.channels) return;
-  const A inv_hw = A(1) / static_cast<A>(st.hw);
-  const S value = Narrow<S>::from(static_cast<const A*>(st.pooled)[b * st.pooled_stride + st.column + c] * inv_hw);
+  const A hw = static_cast<A>(st.hw);  // a division, as the broadcast-view path does: equal bits
+  const S value = Narrow<S>::from(static_cast<const A*>(st.pooled)[b * st.pooled_stride + st.column + c] / hw);
   S* run = static_cast<S*>(st.feat) + (b * st.channels + c) * st.hw;
   const int64_t n = st.hw, head = head_of(run, n), nvec = (n - head) / V;
   for (int64_t i = lane; i < head; i += lanes) run[i] = value;
@@ -271,12 +271,12 @@ __device__ void fill_nhwc(const PoolStage& st, int64_t b, int64_t chunk) {
   const int tx = threadIdx.x & (tx_count - 1), ty = threadIdx.x >> st.lanes_log2;
   const int64_t c = chunk * st.chunk_channels + static_cast<int64_t>(tx) * V, C = st.channels;
   if (c >= C) return;
-  const A inv_hw = A(1) / static_cast<A>(st.hw);
+  const A hw = static_cast<A>(st.hw);
   const A* grad = static_cast<const A*>(st.pooled) + b * st.pooled_stride + st.column + c;
   const int64_t width = C - c;
   S values[V];
 #pragma unroll
-  for (int j = 0; j < V; ++j) values[j] = Narrow<S>::from(j < width ? grad[j] * inv_hw : A(0));
+  for (int j = 0; j < V; ++j) values[j] = Narrow<S>::from(j < width ? grad[j] / hw : A(0));
   S* base = static_cast<S*>(st.feat) + b * st.hw * C + c;
   if (st.aligned) {
     const uint4 raw = pack16(values);

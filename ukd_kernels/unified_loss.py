@@ -224,6 +224,15 @@ def _pool_fwd_kernel(
 
 
 @triton.jit
+def _to_feature_dtype(x, out_ty: tl.constexpr):
+    """``x`` in the feature dtype; narrowing from float64 goes through float32 (a direct float64 → bfloat16
+    conversion writes zeros under ``TRITON_INTERPRET=1``, Triton 3.9)."""
+    if out_ty != tl.float64:
+        x = x.to(tl.float32)
+    return x.to(out_ty)
+
+
+@triton.jit
 def _unpool_nchw(g_ptr, gp, gp_stride, row, local, batch, ROWS: tl.constexpr, BLOCK_HW: tl.constexpr):
     """NCHW stage: write ``gp[b, col0 + c] / HW`` over ROWS (b, c) rows."""
     chans = tl.load(row + F_C)
@@ -234,7 +243,7 @@ def _unpool_nchw(g_ptr, gp, gp_stride, row, local, batch, ROWS: tl.constexpr, BL
     c = r % chans
     val = tl.load(gp + b * gp_stride + tl.load(row + F_COL) + c, mask=rmask, other=0.0)
     val = val / hw_size.to(gp.dtype.element_ty)
-    tile = tl.broadcast_to(val[:, None], [ROWS, BLOCK_HW]).to(g_ptr.dtype.element_ty)
+    tile = _to_feature_dtype(tl.broadcast_to(val[:, None], [ROWS, BLOCK_HW]), g_ptr.dtype.element_ty)
     base = g_ptr + b * tl.load(row + F_SB) + c * tl.load(row + F_SC)
     for h0 in range(0, hw_size, BLOCK_HW):
         hw = h0 + tl.arange(0, BLOCK_HW)
@@ -253,7 +262,7 @@ def _unpool_cl(g_ptr, gp, gp_stride, row, local, CL_HW: tl.constexpr, BLOCK_C: t
     cmask = c < chans
     val = tl.load(gp + b * gp_stride + tl.load(row + F_COL) + c, mask=cmask, other=0.0)
     val = val / hw_size.to(gp.dtype.element_ty)
-    tile = tl.broadcast_to(val[None, :], [CL_HW, BLOCK_C]).to(g_ptr.dtype.element_ty)
+    tile = _to_feature_dtype(tl.broadcast_to(val[None, :], [CL_HW, BLOCK_C]), g_ptr.dtype.element_ty)
     base = g_ptr + b * tl.load(row + F_SB) + c
     for h0 in range(0, hw_size, CL_HW):
         hw = (h0 + tl.arange(0, CL_HW)).to(tl.int64)

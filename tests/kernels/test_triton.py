@@ -222,11 +222,14 @@ def test_pool_one_launch_matches_reference(layout: str, dtype: torch.dtype, monk
 
 
 @needs_interpreter
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("compute", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("layout", sorted(POOL_SPECS))
-def test_pool_backward_one_write_in_own_dtype_and_format(layout: str, dtype: torch.dtype) -> None:
+def test_pool_backward_one_write_in_own_dtype_and_format(layout: str, dtype: torch.dtype, compute: torch.dtype) -> None:
+    # float64 → bfloat16 included: a direct conversion wrote zeros under the interpreter
     feats = make_feats(2, POOL_SPECS[layout], dtype, torch.Generator().manual_seed(2))
-    grad_pooled = torch.randn(2, sum(f.shape[1] for f in feats), generator=torch.Generator().manual_seed(3))
+    cols = sum(f.shape[1] for f in feats)
+    grad_pooled = torch.randn(2, cols, generator=torch.Generator().manual_seed(3), dtype=compute)
     grads = U.pool_backward(grad_pooled, feats)
     leaves = [f.double().requires_grad_() for f in feats]
     (reference.pool_stages(leaves) * grad_pooled.double()).sum().backward()
