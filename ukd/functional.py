@@ -14,10 +14,8 @@ The fused backends (``cpu``, ``cuda``, ``triton``) run through one op pair regis
 The gradient of a feature map is ``dp[b, c] / (H·W)`` at every pixel. By default it is returned as a broadcast
 view of the ``(B, C)`` pooled gradient (stride 0 over H, W): the loss writes nothing feature-sized, and the
 network's next backward op (ReLU, BN, conv) reads the view and writes its own output, which it does anyway. Eager
-PyTorch instead materialises the full map first — one write and one feature-sized buffer more per stage.
-When every feature of a side that needs a gradient is a leaf, autograd would copy such a view into ``.grad``
-anyway, so in eager mode the op writes those gradients densely itself (a plain fill, 1-4% faster end to end
-in ``benchmarks/``); ``UKD_DENSE_FEATURE_GRADS=1`` makes every feature gradient dense.
+PyTorch instead materialises the full map first — one write and one feature-sized buffer more per stage
+(``benchmarks/`` measures both; a leaf feature's ``.grad`` is materialised by autograd either way).
 
 Both have fake implementations, so ``torch.compile`` traces around them. In eager mode the same forward and
 backward bodies run through a plain ``torch.autograd.Function`` instead: ``custom_op``'s per-call Python dispatch
@@ -169,26 +167,19 @@ def _setup_context(ctx, inputs, output):
     )
 
 
-def _dense_feature_grads() -> bool:
-    return os.environ.get("UKD_DENSE_FEATURE_GRADS") == "1"
-
-
-def _backward_impl(grad_loss, saved, num_feats_s, need_s: list[bool], need_t: list[bool], dense_s: bool,
-                   dense_t: bool, backend, run_backward):  # fmt: skip
-    """Shared by both autograd paths: ``run_backward`` is the registered backward op or the backend's own.
-
-    ``dense_s``/``dense_t``: write that side's feature gradients densely instead of returning broadcast views.
-    """
+def _backward_impl(grad_loss, saved, num_feats_s, need_s: list[bool], need_t: list[bool], backend, run_backward):
+    """Shared by both autograd paths: ``run_backward`` is the registered backward op or the backend's own."""
     weight_s, weight_t, pooled_s, pooled_t, grad_y_s, grad_y_t, grad_logits_s, grad_logits_t, *feats = saved
     feats_s, feats_t = feats[:num_feats_s], feats[num_feats_s:]
     any_s, any_t = any(need_s), any(need_t)
+    dense = os.environ.get("UKD_DENSE_FEATURE_GRADS") == "1"
     grads_feats_s, grads_feats_t, *small = run_backward(
         grad_loss, feats_s, feats_t, weight_s, weight_t, pooled_s, pooled_t, grad_y_s, grad_y_t,
-        grad_logits_s, grad_logits_t, any_s and dense_s, any_t and dense_t, backend,
+        grad_logits_s, grad_logits_t, any_s and dense, any_t and dense, backend,
     )  # fmt: skip
-    if any_s and not dense_s:
+    if any_s and not dense:
         grads_feats_s = _broadcast_feature_grads(grad_y_s.mm(weight_s) * grad_loss, feats_s)
-    if any_t and not dense_t:
+    if any_t and not dense:
         grads_feats_t = _broadcast_feature_grads(grad_y_t.mm(weight_t) * grad_loss, feats_t)
     per_s = [g if n else None for g, n in zip(grads_feats_s, need_s)] if any_s else [None] * len(need_s)
     per_t = [g if n else None for g, n in zip(grads_feats_t, need_t)] if any_t else [None] * len(need_t)
@@ -199,9 +190,8 @@ def _backward(ctx, grad_loss, *unused_grads):
     needs = ctx.needs_input_grad
     num_s = ctx.num_feats_s
     need_s, need_t = _flags(needs[_FEATS_S], num_s), _flags(needs[_FEATS_T], ctx.num_feats_t)
-    dense = _dense_feature_grads()
     per_s, per_t, small = _backward_impl(
-        grad_loss, ctx.saved_tensors, num_s, need_s, need_t, dense, dense, ctx.backend, _unified_loss_backward
+        grad_loss, ctx.saved_tensors, num_s, need_s, need_t, ctx.backend, _unified_loss_backward
     )
     small = [g if needs[i + 2] else None for i, g in enumerate(small)]
     return (per_s, per_t, *small, *([None] * 11))
@@ -228,7 +218,6 @@ class _UnifiedLossFunction(torch.autograd.Function):
         ctx.mark_non_differentiable(*out[1:])
         ctx.set_materialize_grads(False)  # no zero tensors for the outputs that carry no gradient
         ctx.num_s, ctx.num_t, ctx.backend = num_s, num_t, options[-1]
-        ctx.leaves_s, ctx.leaves_t = _all_leaves(feats_s), _all_leaves(feats_t)
         ctx.save_for_backward(small[2], small[4], *out[2:], *feats_s, *feats_t)
         return out
 
@@ -238,20 +227,12 @@ class _UnifiedLossFunction(torch.autograd.Function):
         if grad_loss is None:  # only the non-differentiable outputs were used
             return (None, None, None, *([None] * len(needs)))
         num_s, num_t = ctx.num_s, ctx.num_t
-        dense = _dense_feature_grads()
         per_s, per_t, small = _backward_impl(
             grad_loss, ctx.saved_tensors, num_s, list(needs[:num_s]), list(needs[num_s : num_s + num_t]),
-            dense or ctx.leaves_s, dense or ctx.leaves_t, ctx.backend, _direct_backward,
+            ctx.backend, _direct_backward,
         )  # fmt: skip
         small = [g if n else None for g, n in zip(small, needs[num_s + num_t :])]
         return (None, None, None, *per_s, *per_t, *small, None, None)
-
-
-def _all_leaves(feats: list[Tensor]) -> bool:
-    """Every feature that needs a gradient is a leaf, so autograd would materialise a broadcast view into ``.grad``
-    anyway (a strided copy): writing it densely in the op is one plain fill instead."""
-    needing = [f for f in feats if f.requires_grad]
-    return bool(needing) and all(f.is_leaf for f in needing)
 
 
 def _broadcast_feature_grads(grad_pooled: Tensor, feats: list[Tensor]) -> list[Tensor]:
