@@ -22,10 +22,20 @@ namespace {
 
 template <typename T>
 bool finite_span(const T* x, int64_t n) {
-  // x·0 is 0 for finite x and NaN otherwise; the sum stays 0 exactly when all are finite (vectorisable).
-  T acc = 0;
-  for (int64_t i = 0; i < n; ++i) acc += x[i] * T(0);
-  return acc == T(0);
+  // x·0 is 0 for finite x and NaN otherwise, so a sum of them stays 0 exactly when all are finite, in any order:
+  // kLanes independent sums let the compiler vectorise and keep several adds in flight (one serial sum is
+  // latency-bound, ~4 cycles per element).
+  constexpr int64_t kLanes = 64;
+  T acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+#pragma omp simd
+    for (int64_t j = 0; j < kLanes; ++j) acc[j] += x[i + j] * T(0);
+  }
+  for (; i < n; ++i) acc[0] += x[i] * T(0);
+  T total = 0;
+  for (int64_t j = 0; j < kLanes; ++j) total += acc[j];
+  return total == T(0);
 }
 
 bool all_finite(at::TensorList tensors) {
