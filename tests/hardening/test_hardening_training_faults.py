@@ -187,6 +187,7 @@ def test_sigkill_inside_a_checkpoint_write_and_at_random_moments(teacher: Path, 
                            text=True, timeout=900)  # fmt: skip
     assert final.returncode == 0, final.stderr
     assert_same_weights(straight_dir / "last.pt", ckpt)
+    assert not _tmp_files(killed_dir), "a torn write's temporary file outlived the next write of its checkpoint"
     tally("fault outcomes: resumed run bit-identical to the uninterrupted one")
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import errno
 import io
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +108,27 @@ def test_rng_state_round_trip() -> None:
     restore_rng_state(state)
     b = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_temporaries_of_dead_writers_on_this_host_are_removed(tmp_path: Path) -> None:
+    # A SIGKILL inside a write leaves the temporary file; the next write of that checkpoint removes it, and only it.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # the process has exited; its pid is free unless the OS reused it at once
+    host = ckpt_mod._HOST
+    path = tmp_path / "last.pt"
+    stale = tmp_path / f".last.pt.{host}.{dead_pid}.abc123.tmp"
+    kept = [
+        tmp_path / f".last.pt.{host}.{os.getpid()}.inflight.tmp",  # a live writer
+        tmp_path / f".last.pt.otherhost.{dead_pid}.x.tmp",  # another host on a shared file system
+        tmp_path / ".last.pt.oldstyle.tmp",  # not of our form
+        tmp_path / f".best.pt.{host}.{dead_pid}.x.tmp",  # another checkpoint's
+    ]
+    for f in [stale, *kept]:
+        f.write_bytes(b"torn")
+    save_checkpoint(path, {"epoch": 3})
+    assert not stale.exists()
+    assert all(f.exists() for f in kept)
+    assert load_checkpoint(path)["epoch"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".last.pt.") and ".tmp" in p.name) == sorted(
+        f.name for f in kept if f.name.startswith(".last.pt.")
+    )  # the write's own temporary file is gone too

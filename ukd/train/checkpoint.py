@@ -8,15 +8,19 @@ flipped byte inside a tensor, hence the digest.
 
 Writes go to a temporary file in the target's directory, are flushed and fsync'ed, and then replace the target with
 ``os.replace`` (atomic on POSIX); the directory is fsync'ed too. A failed write (disk full, a crash) leaves the previous
-checkpoint as it was and removes the temporary file.
+checkpoint as it was and removes the temporary file. A process killed inside a write (SIGKILL, power loss) cannot
+remove its temporary file; the name carries the writer's host and process id, and the next successful write of the
+same checkpoint removes those whose writer is no longer running on this host.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import os
 import random
+import socket
 import struct
 import tempfile
 from pathlib import Path
@@ -31,6 +35,7 @@ __all__ = [
     "atomic_write_bytes",
     "capture_rng_state",
     "load_checkpoint",
+    "remove_stale_temporaries",
     "restore_rng_state",
     "save_checkpoint",
 ]
@@ -50,7 +55,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | bytearray | m
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_temp_prefix(path)}{_HOST}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             _write_all(f, data)
@@ -64,6 +69,46 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | bytearray | m
             pass
         raise
     _fsync_dir(path.parent)
+    remove_stale_temporaries(path)
+
+
+_HOST = socket.gethostname().replace(".", "_") or "host"
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove temporary files of ``path`` left by writers on this host that are no longer running; return them.
+
+    A temporary file is ``.<name>.<host>.<pid>.<random>.tmp``. Files of other hosts (a shared file system), of live
+    processes (a write in flight, or a reused pid) and names of any other form are left alone.
+    """
+    path = Path(path)
+    removed = []
+    prefix = _temp_prefix(path)
+    for candidate in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        host, _, rest = candidate.name[len(prefix) :].partition(".")
+        pid = rest.partition(".")[0]
+        if host != _HOST or not pid.isdigit() or _process_alive(int(pid)):
+            continue
+        try:
+            candidate.unlink()
+            removed.append(candidate)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _write_all(f: io.BufferedWriter, data: bytes | bytearray | memoryview) -> None:
