@@ -250,7 +250,6 @@ template <typename T>
   if (in.grad_y_s == nullptr) return;
   T *gys = in.grad_y_s, *gyt = in.grad_y_t, *gls = in.grad_logit_s, *glt = in.grad_logit_t;
   const T s_dist = c.s_dist, s_supp = c.s_supp, s_logit = c.s_logit, s_gauss = c.s_gauss;
-  const bool use_gauss = s_gauss != T(0);  // weight 0: no gradient (not 0·inf = NaN when the unused term overflows)
 #pragma omp simd
   for (int64_t j = 0; j < k; ++j) {
     const T lzs = z_s[j] * inv_t - lse[0], lzt = z_t[j] * inv_t - lse[1];
@@ -259,11 +258,11 @@ template <typename T>
     const T dz_s = kl_grad_second(p_zt[j], p_zs[j], s_dist) + kl_grad_second(p_ls[j], p_zs[j], s_supp);
     gls[j] = kl_grad_first(p_ls[j], lls, lzs, kl_supp_s, s_supp) + kl_grad_second(p_lt[j], p_ls[j], s_logit);
     glt[j] = kl_grad_first(p_lt[j], llt, lzt, kl_supp_t, s_supp) + kl_grad_first(p_lt[j], llt, lls, kl_logit, s_logit);
-    const GaussGrad<T> g = gauss_grad(gauss_terms(mu_s[j], std_s[j], mu_t[j], std_t[j]), s_gauss);
-    const T dlv_s = (use_gauss ? g.logvar_s : T(0)) + dz_s * sample_dlogvar(std_s[j], es[j]);
-    const T dlv_t = (use_gauss ? g.logvar_t : T(0)) + dz_t * sample_dlogvar(std_t[j], et[j]);
-    gys[j] = dz_s + (use_gauss ? g.mu_s : T(0));
-    gyt[j] = dz_t + (use_gauss ? g.mu_t : T(0));
+    const GaussGrad<T> g = weighted_gauss_grad(gauss_terms(mu_s[j], std_s[j], mu_t[j], std_t[j]), s_gauss);
+    const T dlv_s = g.logvar_s + dz_s * sample_dlogvar(std_s[j], es[j]);
+    const T dlv_t = g.logvar_t + dz_t * sample_dlogvar(std_t[j], et[j]);
+    gys[j] = dz_s + g.mu_s;
+    gyt[j] = dz_t + g.mu_t;
     gys[k + j] = dlv_s * clamp_grad(r_s[j], bound);
     gyt[k + j] = dlv_t * clamp_grad(r_t[j], bound);
   }
@@ -357,8 +356,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused
   Tensor loss = at::empty({}, opts);
   AT_DISPATCH_FLOATING_TYPES(dtype, "ukd_total", [&] {
     const scalar_t* c = components.data_ptr<scalar_t>();
-    // A term of weight 0 adds nothing, even when it overflowed (0·inf would make the loss NaN).
-    auto term = [](double w, scalar_t v) { return w == 0.0 ? scalar_t(0) : static_cast<scalar_t>(w) * v; };
+    auto term = [](double w, scalar_t v) { return weighted_term(static_cast<scalar_t>(w), v); };
     loss.data_ptr<scalar_t>()[0] = term(dist_weight, c[0]) + term(gauss_weight, c[1]) + term(supp_weight, c[2]) +
                                    term(logit_weight, c[3]);
   });

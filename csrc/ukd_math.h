@@ -165,4 +165,16 @@ UKD_HD GaussGrad<T> gauss_grad(GaussTerms<T> g, T scale) {
           scale * T(0.5) * (g.var_ratio - T(1))};
 }
 
+// Weight 0 switches a term off entirely: an unused term that overflows must not make the result 0·inf = NaN.
+template <typename T>
+UKD_HD T weighted_term(T weight, T value) {
+  return weight == T(0) ? T(0) : weight * value;
+}
+template <typename T>
+UKD_HD GaussGrad<T> weighted_gauss_grad(GaussTerms<T> g, T weight) {
+  const GaussGrad<T> d = gauss_grad(g, weight);
+  const bool on = weight != T(0);
+  return {on ? d.mu_s : T(0), on ? d.logvar_s : T(0), on ? d.mu_t : T(0), on ? d.logvar_t : T(0)};
+}
+
 }  // namespace ukd

@@ -100,6 +100,21 @@ int main() {
   expect("gauss_grad logvar_s", g.logvar_s, (gauss_at(ms, ls + h, mt, lt) - gauss_at(ms, ls - h, mt, lt)) / (2 * h), 1e-7);
   expect("gauss_grad mu_t", g.mu_t, (gauss_at(ms, ls, mt + h, lt) - gauss_at(ms, ls, mt - h, lt)) / (2 * h), 1e-7);
   expect("gauss_grad logvar_t", g.logvar_t, (gauss_at(ms, ls, mt, lt + h) - gauss_at(ms, ls, mt, lt - h)) / (2 * h), 1e-7);
+  // Weight 0 switches a term off: finite zeros even where the term or its gradient is infinite.
+  expect("weighted_term", weighted_term(0.25, 8.0), 2.0, 0.0);
+  expect("weighted_term(0, inf)", weighted_term(0.0, static_cast<double>(INFINITY)), 0.0, 0.0);
+  expect("weighted_term(0, nan)", weighted_term(0.0f, static_cast<float>(NAN)), 0.0, 0.0);
+  expect("weighted_term(2, inf)", weighted_term(2.0, static_cast<double>(INFINITY)), INFINITY, 0.0);
+  const GaussGrad<double> w = weighted_gauss_grad(gauss_terms(ms, std_of(ls), mt, std_of(lt)), 0.5);
+  expect("weighted_gauss_grad mu_s", w.mu_s, 0.5 * g.mu_s, 1e-15);
+  expect("weighted_gauss_grad logvar_s", w.logvar_s, 0.5 * g.logvar_s, 1e-15);
+  expect("weighted_gauss_grad mu_t", w.mu_t, 0.5 * g.mu_t, 1e-15);
+  expect("weighted_gauss_grad logvar_t", w.logvar_t, 0.5 * g.logvar_t, 1e-15);
+  const float huge = 1e30f;  // (μ_t − μ_s)² overflows float32
+  const GaussGrad<float> off = weighted_gauss_grad(gauss_terms(-huge, std_of(80.f), huge, std_of(-80.f)), 0.f);
+  for (float v : {off.mu_s, off.logvar_s, off.mu_t, off.logvar_t}) expect("weighted_gauss_grad weight 0, overflow", v, 0.0, 0.0);
+  const GaussGrad<float> on = weighted_gauss_grad(gauss_terms(-huge, std_of(80.f), huge, std_of(-80.f)), 1.f);
+  expect("weighted_gauss_grad weight 1, overflow is not hidden", std::isfinite(on.logvar_s) ? 0.0 : 1.0, 1.0, 0.0);
   std::printf("%d checks, %d failures\n", checks, failures);
   return failures == 0 ? 0 : 1;
 }
