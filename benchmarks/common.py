@@ -59,20 +59,6 @@ def make_step(fn: Callable[[Case], torch.Tensor], case: Case, mode: str) -> Call
     return step
 
 
-def median_ms(step: Callable[[], None], *, warmup: int = 3, min_runs: int = 15, min_time: float = 0.5) -> float:
-    for _ in range(warmup):
-        step()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_runs or time.perf_counter() - start < min_time:
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-        if len(times) >= 200:
-            break
-    return statistics.median(times) * 1e3
-
-
 def median_ms_interleaved(steps: dict[str, Callable[[], None]], *, warmup: int = 3, rounds: int = 15,
                           min_time: float = 1.0) -> dict[str, float]:  # fmt: skip
     """Median ms of each step, timed round-robin so that load from other processes hits every variant alike."""

@@ -48,6 +48,13 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be read: missing, truncated, corrupted, or not a ukd checkpoint. The message names it."""
 
 
+_HOST = socket.gethostname().replace(".", "_") or "host"
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | bytearray | memoryview) -> None:
     """Write ``data`` to ``path`` atomically: temp file in the same directory, fsync, ``os.replace``, fsync dir.
 
@@ -70,13 +77,6 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | bytearray | m
         raise
     _fsync_dir(path.parent)
     remove_stale_temporaries(path)
-
-
-_HOST = socket.gethostname().replace(".", "_") or "host"
-
-
-def _temp_prefix(path: Path) -> str:
-    return f".{path.name}."
 
 
 def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
