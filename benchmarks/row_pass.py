@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median_ms_interleaved
 
-from ukd.backends import cpp
+from ukd.op.backends import cpp
 
 
 def main() -> None:

@@ -18,4 +18,4 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
         echo "install.sh: not root or no apt-get: ukd uses its embedded Fashion-MNIST subset"
     fi
 fi
-python -c "import ukd, ukd.backends as b; print('ukd', ukd.__version__, 'installed; cpu backend:', b.resolve('auto', __import__('torch').device('cpu')))"
+python -c "import ukd, ukd.op.backends as b; print('ukd', ukd.__version__, 'installed; cpu backend:', b.resolve('auto', __import__('torch').device('cpu')))"

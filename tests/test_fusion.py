@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ukd import UnifiedDistillLoss, reference
-from ukd.fusion import AttentionFusion
+from ukd.op.fusion import AttentionFusion
 from ukd.models import build
 from ukd.testing import available_backends, make_case, rel_err
 

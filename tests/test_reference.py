@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ukd import reference
+from ukd.op import reference
 from ukd.testing import make_case
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ukd.backends import BackendUnavailableError
+from ukd.op.backends import BackendUnavailableError
 from ukd.functional import ukd_loss
 from ukd.testing import available_backends, make_case
 
@@ -198,6 +198,6 @@ def test_triton_on_cpu_without_interpreter_says_why(monkeypatch):
 
 
 def test_auto_picks_cpu_extension_on_cpu():
-    from ukd import backends
+    from ukd.op import backends
 
     assert backends.resolve("auto", torch.device("cpu")) == ("cpu" if "cpu" in BACKENDS else "reference")

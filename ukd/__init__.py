@@ -4,7 +4,7 @@
 """
 
 from ukd.functional import ukd_loss
-from ukd.loss import UnifiedDistillLoss
+from ukd.op.module import UnifiedDistillLoss
 
 __version__ = "0.1.0"
 __all__ = ["UnifiedDistillLoss", "ukd_loss", "__version__"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ukd import backends
+from ukd.op import backends
 from ukd.functional import ukd_loss
 
 Stage = tuple[int, ...]  # (C, H, W) for a map, (C,) for a pooled input
@@ -190,7 +190,7 @@ _compiled: dict = {}
 
 def compiled_reference_loss(case: Case) -> Tensor:
     """``torch.compile`` of the reference (compiled once per process)."""
-    from ukd import reference
+    from ukd.op import reference
 
     if "fn" not in _compiled:
         _compiled["fn"] = torch.compile(reference.unified_loss)

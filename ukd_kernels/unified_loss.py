@@ -1,4 +1,4 @@
-"""The UKD loss (SPEC §2) as Triton kernels behind the fused-backend contract of :mod:`ukd.backends`.
+"""The UKD loss (SPEC §2) as Triton kernels behind the fused-backend contract of :mod:`ukd.op.backends`.
 
 Kernels, in launch order (``S`` stages, ``B`` rows, ``K`` classes, ``C = ΣC_k``):
 
@@ -798,7 +798,7 @@ def forward(
     logvar_bound: float,
     need_grads: bool,
 ) -> tuple[Tensor, ...]:
-    """The fused-backend forward (see :mod:`ukd.backends`): eight tensors in the compute dtype of ``logits_s``."""
+    """The fused-backend forward (see :mod:`ukd.op.backends`): eight tensors in the compute dtype of ``logits_s``."""
     dtype, device = logits_s.dtype, logits_s.device
     batch, k = logits_s.shape
     pooled_s = pool(feats_s, dtype)
@@ -893,7 +893,7 @@ def backward(
     need_feat_grads_s: bool,
     need_feat_grads_t: bool,
 ) -> tuple:
-    """The fused-backend backward (see :mod:`ukd.backends`)."""
+    """The fused-backend backward (see :mod:`ukd.op.backends`)."""
     g = grad_loss.to(pooled_s.dtype).reshape(1).contiguous()
     grad_weight_s, grad_bias_s, grad_pooled_s = head_backward(g, grad_y_s, pooled_s, weight_s, need_feat_grads_s)
     grad_weight_t, grad_bias_t, grad_pooled_t = head_backward(g, grad_y_t, pooled_t, weight_t, need_feat_grads_t)

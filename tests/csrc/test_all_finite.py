@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ukd.backends import cpp
+from ukd.op.backends import cpp
 
 pytestmark = pytest.mark.skipif(cpp.unavailable_reason("cpu") is not None, reason="C++ extension not built")
 

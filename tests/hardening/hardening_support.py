@@ -158,7 +158,7 @@ def _pair_magnitudes(a: Tensor, c: Tensor, temperature: float, extra_a: float, e
 
 
 def floors(inputs: Inputs) -> Floors:
-    from ukd import reference
+    from ukd.op import reference
 
     x = inputs.exact()
     o = {"temperature": 4.0, "dist_weight": 1.0, "gauss_weight": 0.0, "supp_weight": 1.0, "logit_weight": 1.0,

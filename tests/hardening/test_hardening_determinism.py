@@ -95,7 +95,7 @@ _CHILD = textwrap.dedent(
     import sys, torch
     torch.set_num_threads(int(sys.argv[1]))
     sys.path.insert(0, sys.argv[2])
-    import ukd.backends.cpp as cpp
+    import ukd.op.backends.cpp as cpp
     assert cpp.unavailable_reason("cpu") is None
     from test_hardening_determinism import results
     torch.save({"threads": torch.get_num_threads(), "results": results()}, sys.argv[3])

@@ -85,7 +85,7 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 # ------------------------------------------------------------------------------------- SIGKILL mid-epoch
 def _cli(out: Path, teacher: Path, epochs: int, extra: list[str] = ()) -> list[str]:
-    settings = [*TINY, "data.train_subset=384", "distill.ukd.fusion=abf", "distill.dkd.warmup=2"]
+    settings = [*TINY, "data.train_subset=384", "distill.ukd.op.fusion=abf", "distill.dkd.warmup=2"]
     return [sys.executable, "-m", "ukd", "distill", "--method", "ukd", "-t", str(teacher), "--model", "resnet8",
             "--epochs", str(epochs), "--seed", "3", "-o", str(out), *_args(settings), *extra]  # fmt: skip
 

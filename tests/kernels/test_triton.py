@@ -3,7 +3,7 @@
 The interpreter must be on when Triton is first imported (``triton.jit`` picks the interpreter at decoration time,
 for ``triton.language``'s own helpers too), so this module sets ``TRITON_INTERPRET=1`` before importing Triton and
 restores the variable right after (other test modules may check that ``backend="triton"`` refuses CPU tensors
-without it); an autouse fixture sets it again while these tests run, since ``ukd.backends`` reads it per call.
+without it); an autouse fixture sets it again while these tests run, since ``ukd.op.backends`` reads it per call.
 When Triton was already imported without the interpreter in this process (``python -m pytest tests`` does, through
 ``ukd.testing.available_backends`` in conftest), the in-process tests skip and ``test_whole_module_in_subprocess``
 runs this file in a fresh interpreter with the variable set, so the checks never silently vanish.
@@ -36,7 +36,7 @@ finally:
     else:
         os.environ["TRITON_INTERPRET"] = _PREVIOUS
 
-from ukd import reference  # noqa: E402
+from ukd.op import reference  # noqa: E402
 from ukd.functional import ukd_loss  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]

@@ -21,7 +21,7 @@ def test_two_processes_train_identical_replicas(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     overrides = [
         "data.train_subset=64", "data.test_subset=50", "data.batch_size=16", "data.eval_batch_size=25",
-        "run.save_rank_weights=true", "optim.lr=0.02", "distill.ukd.fusion=abf",
+        "run.save_rank_weights=true", "optim.lr=0.02", "distill.ukd.op.fusion=abf",
     ]  # fmt: skip
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

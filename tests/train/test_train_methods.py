@@ -114,7 +114,7 @@ def test_ukd_abf_trains_heads_and_fusion_not_teacher() -> None:
     student, teacher, x, y = _nets()
     cfg = _cfg(ukd__fusion="abf", ukd__backend="auto")
     obj = build_objective(student, "ukd", cfg, K, teacher)
-    assert obj.ukd is not None and obj.ukd.fusion is not None
+    assert obj.ukd is not None and obj.ukd.op.fusion is not None
     t_logits, t_feats = teacher(x)
     loss, _, _ = obj(x, y, t_logits, t_feats, epoch=30)
     loss.backward()

@@ -25,7 +25,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ukd.loss import UnifiedDistillLoss
+from ukd.op.module import UnifiedDistillLoss
 from ukd.losses import dkd_loss, dkd_warmup, kd_loss
 
 from .config import METHODS
@@ -54,7 +54,7 @@ class Objective(nn.Module):
 
     Attributes:
         model: the network.
-        ukd: the :class:`~ukd.loss.UnifiedDistillLoss` (heads, and fusion with ``fusion="abf"``) for ``ukd``,
+        ukd: the :class:`~ukd.op.module.UnifiedDistillLoss` (heads, and fusion with ``fusion="abf"``) for ``ukd``,
             else ``None``.
     """
 

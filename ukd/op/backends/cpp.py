@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-CSRC = Path(__file__).resolve().parents[2] / "csrc"
+CSRC = Path(__file__).resolve().parents[3] / "csrc"
 
 
 _STATUS: dict[str, str | None] = {}  # a plain dict, not functools.cache: torch.compile traces it as a constant
@@ -90,7 +90,7 @@ def forward(
     logvar_bound: float,
     need_grads: bool,
 ) -> tuple[Tensor, ...]:
-    """See :mod:`ukd.backends` for the contract."""
+    """See :mod:`ukd.op.backends` for the contract."""
     return torch.ops.ukd.fused_forward(
         feats_s, feats_t, logits_s, logits_t, weight_s, bias_s, weight_t, bias_t, noise_s, noise_t,
         temperature, dist_weight, gauss_weight, supp_weight, logit_weight, logvar_bound, need_grads,
@@ -123,7 +123,7 @@ def backward(
     need_feat_grads_s: bool,
     need_feat_grads_t: bool,
 ) -> tuple:
-    """See :mod:`ukd.backends` for the contract."""
+    """See :mod:`ukd.op.backends` for the contract."""
     grad_weight_s, grad_bias_s, grad_pooled_s = head_backward(
         grad_loss, grad_y_s, pooled_s, weight_s, need_feat_grads_s
     )

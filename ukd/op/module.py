@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ukd.functional import COMPONENTS, ukd_loss
-from ukd.fusion import AttentionFusion
+from ukd.op.fusion import AttentionFusion
 
 __all__ = ["UnifiedDistillLoss"]
 
@@ -41,7 +41,7 @@ class UnifiedDistillLoss(nn.Module):
 
             * ``"pool"`` (default): every student stage is pooled and the pooled vectors concatenated (SPEC §2);
               the student head is ``(2K, ΣC_s)``.
-            * ``"abf"``: the stages go through ``self.fusion``, an :class:`ukd.fusion.AttentionFusion` (the AFF
+            * ``"abf"``: the stages go through ``self.fusion``, an :class:`ukd.op.fusion.AttentionFusion` (the AFF
               chain of SPEC §1), into one map of shape ``(B, C_t0, H_t0, W_t0)`` — the channels and spatial size
               of the teacher's FIRST stage, which must then be a 4-D map — and that map is the single student
               stage of the loss; the student head is ``(2K, C_t0)``. The fusion's parameters are trained with

@@ -70,7 +70,7 @@ def _check_triton(device: torch.device) -> ModuleType:
 
 
 def _check_cpp(name: str, device: torch.device) -> ModuleType:
-    from ukd.backends import cpp
+    from ukd.op.backends import cpp
 
     if device.type != name:
         raise BackendUnavailableError(
@@ -92,7 +92,7 @@ def resolve(name: str, device: torch.device) -> str:
     if name not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {name!r}")
     if name == "auto":
-        from ukd.backends import cpp
+        from ukd.op.backends import cpp
 
         if device.type == "cuda":
             if _triton_status() is None:
