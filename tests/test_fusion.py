@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from ukd import UnifiedDistillLoss, reference
+from ukd import UnifiedDistillLoss
+from ukd.op import reference
 from ukd.op.fusion import AttentionFusion
 from ukd.models import build
 from ukd.testing import available_backends, make_case, rel_err
