@@ -1,6 +1,9 @@
 """Bad input gets an error naming the argument, what was expected and what came — on every backend."""
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -191,10 +194,21 @@ def test_named_backend_that_cannot_run_says_why():
         _call(_case(), "cuda")
 
 
-def test_triton_on_cpu_without_interpreter_says_why(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(BackendUnavailableError, match=r"backend='triton' cannot run: .*TRITON_INTERPRET=1"):
-        _call(_case(), "triton")
+def test_triton_on_cpu_without_interpreter_says_why():
+    # Triton decides at decoration time whether a kernel is interpreted, so this needs a process where it is not.
+    pytest.importorskip("triton")
+    script = (
+        "import pytest, torch\n"
+        "from ukd.functional import ukd_loss\n"
+        "from ukd.op.backends import BackendUnavailableError\n"
+        "from ukd.testing import make_case\n"
+        "case = make_case(3, 5, [(4, 2, 2)], [(5, 2, 2)])\n"
+        "with pytest.raises(BackendUnavailableError, match=r\"backend='triton' cannot run: .*TRITON_INTERPRET=1\"):\n"
+        "    ukd_loss(*case.args(), backend='triton', **case.kwargs())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_auto_picks_cpu_extension_on_cpu():

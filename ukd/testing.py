@@ -152,9 +152,9 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
     """The fused backends that can run on ``device`` here (never "reference")."""
     device = torch.device(device)
     out = []
-    for name in ("cpu", "cuda", "triton"):
+    for name in backends.FUSED:
         try:
-            backends.get_fused(name, device)
+            backends.resolve(name, device)
         except backends.BackendUnavailableError:
             continue
         out.append(name)

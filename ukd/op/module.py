@@ -4,12 +4,16 @@ fused op."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import fields
 
 import torch
 from torch import Tensor, nn
 
-from ukd.functional import COMPONENTS, ukd_loss
+from ukd.op.functional import unified_loss
 from ukd.op.fusion import AttentionFusion
+from ukd.op.options import COMPONENTS, Head, LossOptions
+
+_OPTION_NAMES = frozenset(f.name for f in fields(LossOptions))
 
 __all__ = ["UnifiedDistillLoss"]
 
@@ -22,7 +26,7 @@ def _channel_list(name: str, channels: int | Sequence[int]) -> list[int]:
 
 
 class UnifiedDistillLoss(nn.Module):
-    """The UKD loss (SPEC §2) with trainable student and teacher distribution heads.
+    """The UKD loss (``docs/loss.md``) with trainable student and teacher distribution heads.
 
     Each head is an ``nn.Linear(ΣC, 2K)``: ``weight`` is ``(2K, ΣC)``, ``bias`` is ``(2K,)``. Rows ``0..K-1``
     predict the mean μ, rows ``K..2K-1`` the log-variance ℓ; columns follow the stages in the order given.
@@ -33,16 +37,17 @@ class UnifiedDistillLoss(nn.Module):
         student_channels: channels of each student stage passed at call time, e.g. ``[64, 128, 256]``.
         teacher_channels: channels of each teacher stage.
         num_classes: K.
-        temperature, dist_weight, gauss_weight, supp_weight, logit_weight, logvar_bound: see SPEC §2.
+        temperature, dist_weight, gauss_weight, supp_weight, logit_weight, logvar_bound: the fields of
+            :class:`~ukd.op.options.LossOptions` (kept as ``self.options``).
         sample: in training mode draw ε ~ N(0, I) with torch's RNG, fresh for student and teacher;
             in eval mode (or with ``sample=False``) use the means, z = μ.
         backend: "auto", "reference", "cpu", "cuda" or "triton".
         fusion: how the student stages reach the student head.
 
-            * ``"pool"`` (default): every student stage is pooled and the pooled vectors concatenated (SPEC §2);
+            * ``"pool"`` (default): every student stage is pooled and the pooled vectors concatenated (``docs/loss.md``);
               the student head is ``(2K, ΣC_s)``.
             * ``"abf"``: the stages go through ``self.fusion``, an :class:`ukd.op.fusion.AttentionFusion` (the AFF
-              chain of SPEC §1), into one map of shape ``(B, C_t0, H_t0, W_t0)`` — the channels and spatial size
+              chain, ``docs/loss.md``), into one map of shape ``(B, C_t0, H_t0, W_t0)`` — the channels and spatial size
               of the teacher's FIRST stage, which must then be a 4-D map — and that map is the single student
               stage of the loss; the student head is ``(2K, C_t0)``. The fusion's parameters are trained with
               the heads. With ``"pool"``, ``self.fusion`` is ``None``.
@@ -85,15 +90,11 @@ class UnifiedDistillLoss(nn.Module):
         if fusion == "abf":
             self.fusion = AttentionFusion(self.student_channels, self.teacher_channels[0])
             head_channels = self.teacher_channels[0]
-        self.temperature = temperature
-        self.dist_weight = dist_weight
-        self.gauss_weight = gauss_weight
-        self.supp_weight = supp_weight
-        self.logit_weight = logit_weight
+        self.options = LossOptions(
+            temperature, dist_weight, gauss_weight, supp_weight, logit_weight, logvar_bound, check_finite
+        )
         self.sample = sample
-        self.logvar_bound = logvar_bound
         self.backend = backend
-        self.check_finite = check_finite
         self.student_head = nn.Linear(head_channels, 2 * num_classes)
         self.teacher_head = nn.Linear(sum(self.teacher_channels), 2 * num_classes)
         with torch.no_grad():
@@ -124,28 +125,18 @@ class UnifiedDistillLoss(nn.Module):
             dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
             noise_s = torch.randn(student_logits.shape, dtype=dtype, device=student_logits.device)
             noise_t = torch.randn(student_logits.shape, dtype=dtype, device=student_logits.device)
-        loss, components = ukd_loss(
+        loss, components = unified_loss(
             student_feats,
             teacher_feats,
             student_logits,
             teacher_logits,
-            self.student_head.weight,
-            self.student_head.bias,
-            self.teacher_head.weight,
-            self.teacher_head.bias,
-            noise_s=noise_s,
-            noise_t=noise_t,
-            temperature=self.temperature,
-            dist_weight=self.dist_weight,
-            gauss_weight=self.gauss_weight,
-            supp_weight=self.supp_weight,
-            logit_weight=self.logit_weight,
-            logvar_bound=self.logvar_bound,
-            backend=self.backend,
-            check_finite=self.check_finite,
-            return_components=True,
+            Head(self.student_head.weight, self.student_head.bias),
+            Head(self.teacher_head.weight, self.teacher_head.bias),
+            (noise_s, noise_t),
+            self.options,
+            self.backend,
         )
-        self.last_components = {name: components[name].detach() for name in COMPONENTS}
+        self.last_components = dict(zip(COMPONENTS, components.unbind(0), strict=True))
         return loss
 
     @staticmethod
@@ -162,10 +153,14 @@ class UnifiedDistillLoss(nn.Module):
                     f"{prefix}_feats[{i}]: expected {c} channels ({prefix}_channels[{i}]), got {f.shape[1]}"
                 )
 
+    def __getattr__(self, name: str):
+        """``crit.temperature``, ``crit.dist_weight``, …: the fields of ``crit.options``."""
+        if name in _OPTION_NAMES:
+            return getattr(self.options, name)
+        return super().__getattr__(name)
+
     def extra_repr(self) -> str:
         return (
             f"student_channels={self.student_channels}, teacher_channels={self.teacher_channels}, "
-            f"num_classes={self.num_classes}, temperature={self.temperature}, weights=(dist={self.dist_weight}, "
-            f"gauss={self.gauss_weight}, supp={self.supp_weight}, logit={self.logit_weight}), "
-            f"sample={self.sample}, backend={self.backend!r}"
+            f"num_classes={self.num_classes}, options={self.options}, sample={self.sample}, backend={self.backend!r}"
         )

@@ -1,19 +1,20 @@
 """The C++ extension (CPU kernels, and CUDA kernels where built), behind the fused-backend contract.
 
-The extension registers ``torch.ops.ukd.fused_forward`` and ``torch.ops.ukd.pool_backward`` for the CPU (and CUDA)
-dispatch keys, so the tensors' device picks the kernel. It is the prebuilt module ``ukd._C`` when the package was
-installed with ``pip install --no-build-isolation .``; otherwise it is compiled once on first use from ``csrc/``
-with ``torch.utils.cpp_extension.load`` (needs ninja and a C++ compiler).
+The extension registers ``torch.ops.ukd.fused_forward`` for the CPU (and CUDA) dispatch keys, so the tensors' device
+picks the kernel. It is the prebuilt module ``ukd._C`` when the package was installed with
+``pip install --no-build-isolation .``; otherwise it is compiled once on first use from ``csrc/`` with
+``torch.utils.cpp_extension.load`` (needs ninja and a C++ compiler).
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from ukd.op.options import ForwardOutputs, HeadGrads, LossOptions, Network, Saved
 
 CSRC = Path(__file__).resolve().parents[3] / "csrc"
 
@@ -29,8 +30,6 @@ def _load() -> str | None:
 
 
 def _build_or_import() -> str | None:
-    if os.environ.get("UKD_DISABLE_EXTENSION") == "1":
-        return "the extension is disabled by UKD_DISABLE_EXTENSION=1"
     try:
         import ukd._C  # noqa: F401
 
@@ -50,7 +49,6 @@ def _build_or_import() -> str | None:
             extra_cflags=["-O3", "-fno-trapping-math", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
             is_python_module=False,
-            verbose=os.environ.get("UKD_VERBOSE_BUILD") == "1",
         )
     except Exception as exc:  # any compiler or ninja failure makes the backend unavailable, with the reason
         warnings.warn(f"ukd: JIT build of the C++ extension failed: {exc}", RuntimeWarning, stacklevel=2)
@@ -71,74 +69,38 @@ def unavailable_reason(device_type: str) -> str | None:
     return None
 
 
-def forward(
-    feats_s: list[Tensor],
-    feats_t: list[Tensor],
-    logits_s: Tensor,
-    logits_t: Tensor,
-    weight_s: Tensor,
-    bias_s: Tensor,
-    weight_t: Tensor,
-    bias_t: Tensor,
-    noise_s: Tensor | None,
-    noise_t: Tensor | None,
-    temperature: float,
-    dist_weight: float,
-    gauss_weight: float,
-    supp_weight: float,
-    logit_weight: float,
-    logvar_bound: float,
-    need_grads: bool,
-) -> tuple[Tensor, ...]:
-    """See :mod:`ukd.op.backends` for the contract."""
-    return torch.ops.ukd.fused_forward(
-        feats_s, feats_t, logits_s, logits_t, weight_s, bias_s, weight_t, bias_t, noise_s, noise_t,
-        temperature, dist_weight, gauss_weight, supp_weight, logit_weight, logvar_bound, need_grads,
-    )  # fmt: skip
-
-
-def head_backward(
-    grad_loss: Tensor, grad_y: Tensor, pooled: Tensor, weight: Tensor, need_pooled_grad: bool
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Head gradients through BLAS: ``dW = g·dyᵀp`` (2K, ΣC), ``db = g·Σ_b dy`` (2K), ``dp = g·dy W`` (B, ΣC)."""
-    scaled = grad_y * grad_loss
-    grad_weight = scaled.t().mm(pooled)
-    grad_bias = scaled.sum(0)
-    grad_pooled = scaled.mm(weight) if need_pooled_grad else None
-    return grad_weight, grad_bias, grad_pooled
-
-
-def backward(
-    grad_loss: Tensor,
-    feats_s: list[Tensor],
-    feats_t: list[Tensor],
-    weight_s: Tensor,
-    weight_t: Tensor,
-    pooled_s: Tensor,
-    pooled_t: Tensor,
-    grad_y_s: Tensor,
-    grad_y_t: Tensor,
-    grad_logits_s: Tensor,
-    grad_logits_t: Tensor,
-    need_feat_grads_s: bool,
-    need_feat_grads_t: bool,
-) -> tuple:
-    """See :mod:`ukd.op.backends` for the contract."""
-    grad_weight_s, grad_bias_s, grad_pooled_s = head_backward(
-        grad_loss, grad_y_s, pooled_s, weight_s, need_feat_grads_s
+def forward(student: Network, teacher: Network, options: LossOptions, need_grads: bool) -> ForwardOutputs:
+    """See :mod:`ukd.op.backends`: the adapter to ``ukd::fused_forward``'s schema (``csrc/ukd_ops.cpp``)."""
+    loss, components, pooled_s, pooled_t, grad_y_s, grad_y_t, grad_logits_s, grad_logits_t = (
+        torch.ops.ukd.fused_forward(
+            student.feats,
+            teacher.feats,
+            student.logits,
+            teacher.logits,
+            *student.head,
+            *teacher.head,
+            student.noise,
+            teacher.noise,
+            options.temperature,
+            *options.weights,
+            options.logvar_bound,
+            need_grads,
+        )
     )
-    grad_weight_t, grad_bias_t, grad_pooled_t = head_backward(
-        grad_loss, grad_y_t, pooled_t, weight_t, need_feat_grads_t
+    return ForwardOutputs(
+        loss, components, Saved(pooled_s, grad_y_s, grad_logits_s), Saved(pooled_t, grad_y_t, grad_logits_t)
     )
-    grads_feats_s = torch.ops.ukd.pool_backward(grad_pooled_s, feats_s) if need_feat_grads_s else []
-    grads_feats_t = torch.ops.ukd.pool_backward(grad_pooled_t, feats_t) if need_feat_grads_t else []
-    return (
-        grads_feats_s,
-        grads_feats_t,
-        grad_logits_s * grad_loss,
-        grad_logits_t * grad_loss,
-        grad_weight_s,
-        grad_bias_s,
-        grad_weight_t,
-        grad_bias_t,
+
+
+def backward(grad_loss: Tensor, saved: Saved, weight: Tensor, need_pooled: bool) -> HeadGrads:
+    """See :mod:`ukd.op.backends`: the head GEMMs through BLAS (cuBLAS on CUDA tensors).
+
+    ``dW = g·dyᵀp`` (2K, C), ``db = g·Σ_b dy`` (2K), ``dp = g·dy W`` (B, C), ``dl = g·dl₁`` (B, K).
+    """
+    scaled = saved.grad_y * grad_loss
+    return HeadGrads(
+        pooled=scaled.mm(weight) if need_pooled else None,
+        logits=saved.grad_logits * grad_loss,
+        weight=scaled.t().mm(saved.pooled),
+        bias=scaled.sum(0),
     )
