@@ -77,6 +77,18 @@ class Case:
             options=dict(self.options),
         )  # fmt: skip
 
+    def compute_dtype(self) -> torch.dtype:
+        """float64 when any input is float64, else float32 (what the op computes in)."""
+        noise = [n for n in (self.noise_s, self.noise_t) if n is not None]
+        return torch.float64 if any(t.dtype == torch.float64 for t in [*self.tensors(), *noise]) else torch.float32
+
+    def exact(self) -> Case:
+        """The same values in float64, detached, with the same ``requires_grad`` pattern (the oracle's inputs)."""
+        up = self.cast(torch.float64)
+        for mine, theirs in zip(self.tensors(), up.tensors()):
+            theirs.requires_grad_(mine.requires_grad)
+        return up
+
     def requires_grad_(self) -> Case:
         for t in self.tensors():
             t.requires_grad_(True)
