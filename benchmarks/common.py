@@ -5,12 +5,10 @@ The variants come from :mod:`ukd.testing`, the module the tests use, so a benchm
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 import weakref
 from collections.abc import Callable
-from contextlib import contextmanager
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -25,19 +23,6 @@ def variants(device: str = "cpu") -> dict[str, Callable[[Case], torch.Tensor]]:
     for name in available_backends(device):
         out[name] = lambda case, name=name: fused_loss(case, name)
     return out
-
-
-@contextmanager
-def env(name: str, value: str):
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = old
 
 
 def make_step(fn: Callable[[Case], torch.Tensor], case: Case, mode: str) -> Callable[[], None]:
@@ -59,8 +44,9 @@ def make_step(fn: Callable[[Case], torch.Tensor], case: Case, mode: str) -> Call
     return step
 
 
-def median_ms_interleaved(steps: dict[str, Callable[[], None]], *, warmup: int = 3, rounds: int = 15,
-                          min_time: float = 1.0) -> dict[str, float]:  # fmt: skip
+def median_ms_interleaved(
+    steps: dict[str, Callable[[], None]], *, warmup: int = 3, rounds: int = 15, min_time: float = 1.0
+) -> dict[str, float]:
     """Median ms of each step, timed round-robin so that load from other processes hits every variant alike."""
     for step in steps.values():
         for _ in range(warmup):
@@ -155,8 +141,13 @@ def floor_steps(case: Case) -> tuple[dict[str, Callable[[], None]], int]:
 def floor_from(times: dict[str, float], nbytes: int) -> dict[str, float]:
     """The floor in ms from the interleaved timings of :func:`floor_steps`."""
     bytes_ms, gemm_ms = times["floor:bytes"], times["floor:gemm"]
-    return {"bytes": nbytes, "bandwidth_GBps": nbytes / bytes_ms / 1e6, "bytes_ms": bytes_ms, "gemm_ms": gemm_ms,
-            "floor_ms": bytes_ms + gemm_ms}  # fmt: skip
+    return {
+        "bytes": nbytes,
+        "bandwidth_GBps": nbytes / bytes_ms / 1e6,
+        "bytes_ms": bytes_ms,
+        "gemm_ms": gemm_ms,
+        "floor_ms": bytes_ms + gemm_ms,
+    }
 
 
 # glibc returns freed blocks above its mmap threshold to the kernel, so a step that allocates feature-sized

@@ -19,7 +19,7 @@ import torch
 from torch.profiler import profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MALLOC_MODES, env, floor_from, floor_steps, make_step, median_ms_interleaved, set_malloc, variants
+from common import MALLOC_MODES, floor_from, floor_steps, make_step, median_ms_interleaved, set_malloc, variants
 
 from ukd.testing import BENCH_SHAPES, bench_case
 
@@ -29,7 +29,6 @@ def main() -> None:
     parser.add_argument("--shape", choices=sorted(BENCH_SHAPES), default="cifar")
     parser.add_argument("--batch", type=int, default=None, help="override the shape's batch size")
     parser.add_argument("--variant", default="cpu", help="eager, compile, or a fused backend (default: cpu)")
-    parser.add_argument("--dense", action="store_true", help="UKD_DENSE_FEATURE_GRADS=1")
     parser.add_argument("--malloc", choices=MALLOC_MODES, default="retain", help="allocator setting (see run.py)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rows", type=int, default=15, help="operators to show")
@@ -42,20 +41,22 @@ def main() -> None:
         raise SystemExit(f"--variant: expected one of {sorted(fns)} (the ones that run here), got {args.variant!r}")
     case = bench_case(args.shape, batch=args.batch)
     step = make_step(fns[args.variant], case, "fwd+bwd")
-    with env("UKD_DENSE_FEATURE_GRADS", "1" if args.dense else "0"):
-        floor, nbytes = floor_steps(case)
-        times = median_ms_interleaved({"step": step, **floor}, rounds=args.steps)
-        for _ in range(3):
+    floor, nbytes = floor_steps(case)
+    times = median_ms_interleaved({"step": step, **floor}, rounds=args.steps)
+    for _ in range(3):
+        step()
+    with profile() as prof:
+        for _ in range(args.steps):
             step()
-        with profile() as prof:
-            for _ in range(args.steps):
-                step()
     f = floor_from(times, nbytes)
-    print(f"{args.shape} B={case.student_logits.shape[0]}, {args.variant}{' dense' if args.dense else ''}, "
-          f"{args.threads} threads, malloc {args.malloc}")  # fmt: skip
-    print(f"step {times['step']:.2f} ms (median, unprofiled); floor {f['floor_ms']:.2f} ms = "
-          f"bytes {f['bytes_ms']:.2f} ms ({nbytes / 1e6:.1f} MB at {f['bandwidth_GBps']:.1f} GB/s) "
-          f"+ GEMMs {f['gemm_ms']:.2f} ms\n")  # fmt: skip
+    print(
+        f"{args.shape} B={case.student_logits.shape[0]}, {args.variant}, {args.threads} threads, malloc {args.malloc}"
+    )
+    print(
+        f"step {times['step']:.2f} ms (median, unprofiled); floor {f['floor_ms']:.2f} ms = "
+        f"bytes {f['bytes_ms']:.2f} ms ({nbytes / 1e6:.1f} MB at {f['bandwidth_GBps']:.1f} GB/s) "
+        f"+ GEMMs {f['gemm_ms']:.2f} ms\n"
+    )
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events) / args.steps / 1e3
     print(f"{'operator':<48} {'self ms/step':>12} {'calls/step':>10}")

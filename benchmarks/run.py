@@ -30,7 +30,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     MALLOC_MODES,
-    env,
     floor_from,
     floor_steps,
     make_step,
@@ -56,25 +55,11 @@ def measure_shape(name: str, batch: int | None, quick: bool) -> dict:
     runs = {"rounds": 5 if quick else 15, "min_time": 0.3 if quick else 2.0}
     fwd = median_ms_interleaved({label: make_step(fn, case, "fwd") for label, fn in fns.items()}, **runs)
     steps = {label: make_step(fn, case, "fwd+bwd") for label, fn in fns.items()}
-    if "cpu" in fns:
-        dense = make_step(fns["cpu"], case, "fwd+bwd")
-
-        def dense_step() -> None:
-            with env("UKD_DENSE_FEATURE_GRADS", "1"):
-                dense()
-
-        steps["cpu-dense"] = dense_step
-        fwd["cpu-dense"] = fwd["cpu"]
     floor, nbytes = floor_steps(case)
     fwd_bwd = median_ms_interleaved({**steps, **floor}, **runs)
     rows = {}
     for label in steps:
-        fn = fns["cpu"] if label == "cpu-dense" else fns[label]
-        if label == "cpu-dense":
-            with env("UKD_DENSE_FEATURE_GRADS", "1"):
-                peak = peak_bytes(grad_step(fn, case))
-        else:
-            peak = peak_bytes(grad_step(fn, case))
+        peak = peak_bytes(grad_step(fns[label], case))
         rows[label] = {"fwd_ms": fwd[label], "fwd_bwd_ms": fwd_bwd[label], "peak_MB": peak / 2**20}
     for row in rows.values():
         row["x_eager"] = rows["eager"]["fwd_bwd_ms"] / row["fwd_bwd_ms"]
@@ -91,8 +76,10 @@ def print_table(result: dict) -> None:
         f"= {floor['bytes'] / 1e6:.1f} MB at {floor['bandwidth_GBps']:.1f} GB/s ({floor['bytes_ms']:.2f} ms) "
         f"+ head GEMMs {floor['gemm_ms']:.2f} ms"
     )
-    print(f"{'variant':<10} {'fwd ms':>8} {'fwd+bwd ms':>11} {'×eager':>7} {'×compile':>9} {'/floor':>7} "
-          f"{'peak MB':>8} {'mem/eager':>9}")  # fmt: skip
+    print(
+        f"{'variant':<10} {'fwd ms':>8} {'fwd+bwd ms':>11} {'×eager':>7} {'×compile':>9} {'/floor':>7} "
+        f"{'peak MB':>8} {'mem/eager':>9}"
+    )
     for label, row in result["variants"].items():
         print(
             f"{label:<10} {row['fwd_ms']:>8.2f} {row['fwd_bwd_ms']:>11.2f} {row['x_eager']:>7.2f} "
@@ -158,8 +145,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer runs and no batch sweep")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--machine", default=socket.gethostname().split(".")[0] or "machine")
-    parser.add_argument("--malloc", choices=(*MALLOC_MODES, "both"), default="both",
-                        help="allocator setting; 'both' runs each in its own process (default)")  # fmt: skip
+    parser.add_argument(
+        "--malloc",
+        choices=(*MALLOC_MODES, "both"),
+        default="both",
+        help="allocator setting; 'both' runs each in its own process (default)",
+    )
     parser.add_argument("--part", type=Path, help=argparse.SUPPRESS)  # internal: a child writes its results here
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -181,8 +172,13 @@ def main() -> None:
         if runs[mode]["sweep"]:
             print_sweep(runs[mode]["sweep"])
     RESULTS.mkdir(exist_ok=True)
-    meta = {"machine": args.machine, "threads": args.threads, "torch": torch.__version__,
-            "cpu": platform.processor() or platform.machine(), "python": platform.python_version()}  # fmt: skip
+    meta = {
+        "machine": args.machine,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+    }
     out = RESULTS / f"{args.machine}.json"
     out.write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
     plot(runs, RESULTS / f"{args.machine}.png")

@@ -11,18 +11,26 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ukd.op import backends
 from ukd.functional import ukd_loss
+from ukd.op import backends
 
 Stage = tuple[int, ...]  # (C, H, W) for a map, (C,) for a pooled input
 
 # The benchmark shapes of SPEC/issue "Benchmarks": per network, the stages (C, H, W); K; B.
 BENCH_SHAPES: dict[str, dict] = {
-    "cifar": {"batch": 64, "k": 100, "student": [(64, 32, 32), (128, 16, 16), (256, 8, 8)],
-              "teacher": [(64, 32, 32), (128, 16, 16), (256, 8, 8)]},
-    "imagenet": {"batch": 32, "k": 1000, "student": [(64, 56, 56), (128, 28, 28), (256, 14, 14), (512, 7, 7)],
-                 "teacher": [(64, 56, 56), (128, 28, 28), (256, 14, 14), (512, 7, 7)]},
-}  # fmt: skip
+    "cifar": {
+        "batch": 64,
+        "k": 100,
+        "student": [(64, 32, 32), (128, 16, 16), (256, 8, 8)],
+        "teacher": [(64, 32, 32), (128, 16, 16), (256, 8, 8)],
+    },
+    "imagenet": {
+        "batch": 32,
+        "k": 1000,
+        "student": [(64, 56, 56), (128, 28, 28), (256, 14, 14), (512, 7, 7)],
+        "teacher": [(64, 56, 56), (128, 28, 28), (256, 14, 14), (512, 7, 7)],
+    },
+}
 
 LOSS_KWARGS = ("temperature", "dist_weight", "gauss_weight", "supp_weight", "logit_weight", "logvar_bound")
 
@@ -44,18 +52,40 @@ class Case:
     options: dict = field(default_factory=dict)
 
     def tensors(self) -> list[Tensor]:
-        return [*self.student_feats, *self.teacher_feats, self.student_logits, self.teacher_logits,
-                self.student_weight, self.student_bias, self.teacher_weight, self.teacher_bias]  # fmt: skip
+        return [
+            *self.student_feats,
+            *self.teacher_feats,
+            self.student_logits,
+            self.teacher_logits,
+            self.student_weight,
+            self.student_bias,
+            self.teacher_weight,
+            self.teacher_bias,
+        ]
 
     def names(self) -> list[str]:
-        return [*(f"student_feats[{i}]" for i in range(len(self.student_feats))),
-                *(f"teacher_feats[{i}]" for i in range(len(self.teacher_feats))),
-                "student_logits", "teacher_logits", "student_weight", "student_bias", "teacher_weight",
-                "teacher_bias"]  # fmt: skip
+        return [
+            *(f"student_feats[{i}]" for i in range(len(self.student_feats))),
+            *(f"teacher_feats[{i}]" for i in range(len(self.teacher_feats))),
+            "student_logits",
+            "teacher_logits",
+            "student_weight",
+            "student_bias",
+            "teacher_weight",
+            "teacher_bias",
+        ]
 
     def args(self) -> tuple:
-        return (self.student_feats, self.teacher_feats, self.student_logits, self.teacher_logits,
-                self.student_weight, self.student_bias, self.teacher_weight, self.teacher_bias)  # fmt: skip
+        return (
+            self.student_feats,
+            self.teacher_feats,
+            self.student_logits,
+            self.teacher_logits,
+            self.student_weight,
+            self.student_bias,
+            self.teacher_weight,
+            self.teacher_bias,
+        )
 
     def kwargs(self) -> dict:
         return {"noise_s": self.noise_s, "noise_t": self.noise_t, **self.options}
@@ -70,12 +100,23 @@ class Case:
             return t.detach().to(dtype).contiguous(memory_format=fmt) if t.dim() == 4 else t.detach().to(dtype)
 
         return Case(
-            [conv(f, True) for f in self.student_feats], [conv(f, True) for f in self.teacher_feats],
-            *(conv(t, False) for t in (self.student_logits, self.teacher_logits, self.student_weight,
-                                       self.student_bias, self.teacher_weight, self.teacher_bias,
-                                       self.noise_s, self.noise_t)),
+            [conv(f, True) for f in self.student_feats],
+            [conv(f, True) for f in self.teacher_feats],
+            *(
+                conv(t, False)
+                for t in (
+                    self.student_logits,
+                    self.teacher_logits,
+                    self.student_weight,
+                    self.student_bias,
+                    self.teacher_weight,
+                    self.teacher_bias,
+                    self.noise_s,
+                    self.noise_t,
+                )
+            ),
             options=dict(self.options),
-        )  # fmt: skip
+        )
 
     def compute_dtype(self) -> torch.dtype:
         """float64 when any input is float64, else float32 (what the op computes in)."""
@@ -143,19 +184,32 @@ def make_case(
     w_s, b_s = head(c_s)
     w_t, b_t = head(c_t)
     return Case(
-        feats(student), feats(teacher), randn(batch, k) * logit_scale, randn(batch, k) * logit_scale,
-        w_s, b_s, w_t, b_t,
-        randn(batch, k) if noise else None, randn(batch, k) if noise else None,
+        feats(student),
+        feats(teacher),
+        randn(batch, k) * logit_scale,
+        randn(batch, k) * logit_scale,
+        w_s,
+        b_s,
+        w_t,
+        b_t,
+        randn(batch, k) if noise else None,
+        randn(batch, k) if noise else None,
         options=options,
-    )  # fmt: skip
+    )
 
 
 def bench_case(name: str, *, batch: int | None = None, dtype: torch.dtype = torch.float32, seed: int = 0) -> Case:
     """A :data:`BENCH_SHAPES` case in ``dtype`` with every tensor requiring grad but the teacher's features."""
     shape = BENCH_SHAPES[name]
     case = make_case(batch or shape["batch"], shape["k"], shape["student"], shape["teacher"], dtype=dtype, seed=seed)
-    for t in [*case.student_feats, case.student_logits, case.student_weight, case.student_bias,
-              case.teacher_weight, case.teacher_bias]:  # fmt: skip
+    for t in [
+        *case.student_feats,
+        case.student_logits,
+        case.student_weight,
+        case.student_bias,
+        case.teacher_weight,
+        case.teacher_bias,
+    ]:
         t.requires_grad_(True)
     return case
 

@@ -10,11 +10,28 @@ import torch.nn.functional as F
 from ukd.models import available, build
 
 NAMES = [
-    "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4", "resnet32x4",
-    "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2",
-    "vgg8", "vgg11", "vgg13", "vgg16", "vgg19",
-    "MobileNetV2", "ShuffleV1", "ShuffleV2",
-]  # fmt: skip
+    "resnet8",
+    "resnet14",
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet110",
+    "resnet8x4",
+    "resnet32x4",
+    "wrn_16_1",
+    "wrn_16_2",
+    "wrn_40_1",
+    "wrn_40_2",
+    "vgg8",
+    "vgg11",
+    "vgg13",
+    "vgg16",
+    "vgg19",
+    "MobileNetV2",
+    "ShuffleV1",
+    "ShuffleV2",
+]
 
 # Expected stage-feature sides for a 32x32 and a 28x28 input, per family (see each module's docstring).
 SIDES = {

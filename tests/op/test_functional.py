@@ -27,8 +27,14 @@ def _random_shapes(seed: int):
             out.append((c,) if rng.random() < 0.2 else (c, rng.randint(1, 7), rng.randint(1, 7)))
         return out
 
-    return (rng.randint(1, 9), rng.choice([2, 3, 10, 33, 100, 257]), stages(), stages(), rng.random() < 0.5,
-            rng.random() < 0.7)  # fmt: skip
+    return (
+        rng.randint(1, 9),
+        rng.choice([2, 3, 10, 33, 100, 257]),
+        stages(),
+        stages(),
+        rng.random() < 0.5,
+        rng.random() < 0.7,
+    )
 
 
 CASES = FIXED + [_random_shapes(s) for s in range(8)]
@@ -56,8 +62,9 @@ def _compare(case, expected_case, backend, tol):
 )
 def test_fused_matches_reference_float64(fused_backend, shape, opts):
     batch, k, student, teacher, cl, noise = shape
-    case = make_case(batch, k, student, teacher, channels_last=cl, noise=noise, seed=batch * k, logvar_spread=2.0,
-                     **OPTIONS[opts]).requires_grad_()  # fmt: skip
+    case = make_case(
+        batch, k, student, teacher, channels_last=cl, noise=noise, seed=batch * k, logvar_spread=2.0, **OPTIONS[opts]
+    ).requires_grad_()
     _compare(case, case, fused_backend, 1e-9)
 
 
@@ -104,8 +111,16 @@ def test_gradcheck(fused_backend):
 
     def fn(*tensors):
         fs, ft, rest = tensors[:n_s], tensors[n_s : n_s + n_t], tensors[n_s + n_t :]
-        return ukd_loss(list(fs), list(ft), *rest, noise_s=case.noise_s, noise_t=case.noise_t, gauss_weight=0.4,
-                        temperature=2.0, backend=fused_backend)  # fmt: skip
+        return ukd_loss(
+            list(fs),
+            list(ft),
+            *rest,
+            noise_s=case.noise_s,
+            noise_t=case.noise_t,
+            gauss_weight=0.4,
+            temperature=2.0,
+            backend=fused_backend,
+        )
 
     assert torch.autograd.gradcheck(fn, tuple(case.tensors()), eps=1e-6, atol=1e-7, rtol=1e-6)
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from ukd import UnifiedDistillLoss
+from ukd.models import build
 from ukd.op import reference
 from ukd.op.fusion import AttentionFusion
-from ukd.models import build
 from ukd.testing import available_backends, make_case, rel_err
 
 BACKENDS = ["reference", *(b for b in available_backends("cpu") if b != "triton")]
@@ -187,12 +187,14 @@ def _manual_fusion(fusion: AttentionFusion, feats: list[torch.Tensor], size: tup
             gates = _conv1x1(lat + res, *attention[lvl])  # concatenation along channels
             x = [
                 [
-                    [_sigmoid(gates[0][h][v]) * lat[c][h][v] + _sigmoid(gates[1][h][v]) * res[c][h][v]
-                     for v in range(len(lat[0][0]))]
+                    [
+                        _sigmoid(gates[0][h][v]) * lat[c][h][v] + _sigmoid(gates[1][h][v]) * res[c][h][v]
+                        for v in range(len(lat[0][0]))
+                    ]
                     for h in range(len(lat[0]))
                 ]
                 for c in range(len(lat))
-            ]  # fmt: skip
+            ]
         batch.append(_relu(_conv3x3(_nearest(x, *size), output)))
     return batch
 
@@ -205,8 +207,11 @@ def test_matches_scalar_loops(size):
         for att in fusion.attention:  # make the gates differ visibly from 1/2
             att.weight.mul_(4.0)
             att.bias.uniform_(-1.0, 1.0)
-    feats = [torch.randn(2, 2, 4, 4, dtype=torch.float64), torch.randn(2, 3, 2, 3, dtype=torch.float64),
-             torch.randn(2, 4, 1, 2, dtype=torch.float64)]  # fmt: skip
+    feats = [
+        torch.randn(2, 2, 4, 4, dtype=torch.float64),
+        torch.randn(2, 3, 2, 3, dtype=torch.float64),
+        torch.randn(2, 4, 1, 2, dtype=torch.float64),
+    ]
     expected = torch.tensor(_manual_fusion(fusion, feats, size), dtype=torch.float64)
     got = fusion(feats, size)
     assert got.abs().max() > 0
@@ -217,9 +222,11 @@ def test_matches_scalar_loops(size):
 def test_gradients_reach_every_parameter():
     torch.manual_seed(0)
     fusion = AttentionFusion([4, 6, 8], 5, teacher_size=(6, 6)).double()
-    feats = [torch.rand(2, 4, 8, 8, dtype=torch.float64, requires_grad=True),
-             torch.rand(2, 6, 4, 4, dtype=torch.float64, requires_grad=True),
-             torch.rand(2, 8, 2, 2, dtype=torch.float64, requires_grad=True)]  # fmt: skip
+    feats = [
+        torch.rand(2, 4, 8, 8, dtype=torch.float64, requires_grad=True),
+        torch.rand(2, 6, 4, 4, dtype=torch.float64, requires_grad=True),
+        torch.rand(2, 8, 2, 2, dtype=torch.float64, requires_grad=True),
+    ]
     with torch.no_grad():  # positive weights keep every ReLU open, so no gradient is zero by accident
         for conv in [*fusion.lateral, fusion.output]:
             conv.weight.abs_()
@@ -233,8 +240,10 @@ def test_gradients_reach_every_parameter():
 def test_gradcheck_float64():
     torch.manual_seed(0)
     fusion = AttentionFusion([2, 3], 2, teacher_size=(3, 4)).double()
-    feats = (torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True),
-             torch.randn(1, 3, 2, 2, dtype=torch.float64, requires_grad=True))  # fmt: skip
+    feats = (
+        torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True),
+        torch.randn(1, 3, 2, 2, dtype=torch.float64, requires_grad=True),
+    )
     assert torch.autograd.gradcheck(lambda a, b: fusion([a, b]), feats, fast_mode=True)
 
 
@@ -251,19 +260,36 @@ def _inputs():
 def _reference_of(crit, fs, ft, ls, lt, noise_s=None, noise_t=None):
     fused = crit.fusion(fs, ft[0].shape[-2:])
     return reference.unified_loss(
-        [fused], ft, ls, lt, crit.student_head.weight, crit.student_head.bias, crit.teacher_head.weight,
-        crit.teacher_head.bias, noise_s=noise_s, noise_t=noise_t, temperature=crit.temperature,
-        dist_weight=crit.dist_weight, gauss_weight=crit.gauss_weight, supp_weight=crit.supp_weight,
-        logit_weight=crit.logit_weight, logvar_bound=crit.logvar_bound,
-    )  # fmt: skip
+        [fused],
+        ft,
+        ls,
+        lt,
+        crit.student_head.weight,
+        crit.student_head.bias,
+        crit.teacher_head.weight,
+        crit.teacher_head.bias,
+        noise_s=noise_s,
+        noise_t=noise_t,
+        temperature=crit.temperature,
+        dist_weight=crit.dist_weight,
+        gauss_weight=crit.gauss_weight,
+        supp_weight=crit.supp_weight,
+        logit_weight=crit.logit_weight,
+        logvar_bound=crit.logvar_bound,
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("train", [False, True])
 def test_abf_loss_matches_reference(backend, train):
     torch.manual_seed(0)
-    crit = UnifiedDistillLoss([st[0] for st in STUDENT], [st[0] for st in TEACHER], K, fusion="abf",
-                              gauss_weight=0.5, backend=backend).double().train(train)  # fmt: skip
+    crit = (
+        UnifiedDistillLoss(
+            [st[0] for st in STUDENT], [st[0] for st in TEACHER], K, fusion="abf", gauss_weight=0.5, backend=backend
+        )
+        .double()
+        .train(train)
+    )
     assert isinstance(crit.fusion, AttentionFusion)
     assert crit.student_head.weight.shape == (2 * K, TEACHER[0][0])
     fs, ft, ls, lt = _inputs()
@@ -316,15 +342,22 @@ def test_pool_unchanged():
     assert crit.fusion is None and crit.fusion_mode == "pool"
     assert crit.student_head.weight.shape == (2 * K, sum(st[0] for st in STUDENT))
     torch.manual_seed(0)
-    default = UnifiedDistillLoss([st[0] for st in STUDENT], [st[0] for st in TEACHER], K, backend="reference",
-                                 fusion="pool")  # fmt: skip
+    default = UnifiedDistillLoss(
+        [st[0] for st in STUDENT], [st[0] for st in TEACHER], K, backend="reference", fusion="pool"
+    )
     assert all(torch.equal(a, b) for a, b in zip(crit.state_dict().values(), default.state_dict().values()))
     crit = crit.double().eval()
     fs, ft, ls, lt = _inputs()
     expected, _ = reference.unified_loss(
-        fs, ft, ls, lt, crit.student_head.weight, crit.student_head.bias, crit.teacher_head.weight,
+        fs,
+        ft,
+        ls,
+        lt,
+        crit.student_head.weight,
+        crit.student_head.bias,
+        crit.teacher_head.weight,
         crit.teacher_head.bias,
-    )  # fmt: skip
+    )
     assert rel_err(crit(fs, ft, ls, lt), expected) <= 1e-12
 
 

@@ -18,11 +18,23 @@ def _inputs(batch=3, dtype=torch.float32):
 def _reference_of(crit, inputs, noise_s=None, noise_t=None):
     fs, ft, ls, lt = inputs
     return reference.unified_loss(
-        fs, ft, ls, lt, crit.student_head.weight, crit.student_head.bias, crit.teacher_head.weight,
-        crit.teacher_head.bias, noise_s=noise_s, noise_t=noise_t, temperature=crit.temperature,
-        dist_weight=crit.dist_weight, gauss_weight=crit.gauss_weight, supp_weight=crit.supp_weight,
-        logit_weight=crit.logit_weight, logvar_bound=crit.logvar_bound,
-    )  # fmt: skip
+        fs,
+        ft,
+        ls,
+        lt,
+        crit.student_head.weight,
+        crit.student_head.bias,
+        crit.teacher_head.weight,
+        crit.teacher_head.bias,
+        noise_s=noise_s,
+        noise_t=noise_t,
+        temperature=crit.temperature,
+        dist_weight=crit.dist_weight,
+        gauss_weight=crit.gauss_weight,
+        supp_weight=crit.supp_weight,
+        logit_weight=crit.logit_weight,
+        logvar_bound=crit.logvar_bound,
+    )
 
 
 def test_heads_and_init():

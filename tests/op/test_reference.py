@@ -44,8 +44,10 @@ def _scalar_loss(case, temperature, w_dist, w_gauss, w_supp, w_logit, bound):
         (mu_s, lv_s, z_s), (mu_t, lv_t, z_t) = params
         l_s, l_t = case.student_logits[b].tolist(), case.teacher_logits[b].tolist()
         terms[0] += kl(z_t, z_s)
-        terms[1] += sum(0.5 * (a - c + (math.exp(c) + (mt - ms) ** 2) * math.exp(-a) - 1)
-                        for a, c, mt, ms in zip(lv_s, lv_t, mu_t, mu_s))  # fmt: skip
+        terms[1] += sum(
+            0.5 * (a - c + (math.exp(c) + (mt - ms) ** 2) * math.exp(-a) - 1)
+            for a, c, mt, ms in zip(lv_s, lv_t, mu_t, mu_s)
+        )
         terms[2] += kl(l_s, z_s) + kl(l_t, z_t)
         terms[3] += kl(l_t, l_s)
     terms = [t / batch for t in terms]

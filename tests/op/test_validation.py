@@ -8,16 +8,29 @@ import sys
 import pytest
 import torch
 
-from ukd.op.backends import BackendUnavailableError
 from ukd.functional import ukd_loss
+from ukd.op.backends import BackendUnavailableError
 from ukd.testing import available_backends, make_case
 
 BACKENDS = ["reference", *(b for b in available_backends("cpu") if b != "triton")]
 
 
 def _call(case, backend, **over):
-    args = dict(zip(("student_feats", "teacher_feats", "student_logits", "teacher_logits", "student_weight",
-                     "student_bias", "teacher_weight", "teacher_bias"), case.args()))  # fmt: skip
+    args = dict(
+        zip(
+            (
+                "student_feats",
+                "teacher_feats",
+                "student_logits",
+                "teacher_logits",
+                "student_weight",
+                "student_bias",
+                "teacher_weight",
+                "teacher_bias",
+            ),
+            case.args(),
+        )
+    )
     kwargs = case.kwargs()
     for key, value in over.items():
         (args if key in args else kwargs)[key] = value

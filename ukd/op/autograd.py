@@ -74,7 +74,13 @@ def _network_of(args: tuple) -> Network:
 
 def _forward_args(student: Network, teacher: Network, options: LossOptions, need_grads: bool, backend: str) -> tuple:
     """The flat argument list of ``ukd::unified_loss`` (its schema above), built in one place."""
-    return (*_network_args(student), *_network_args(teacher), *(getattr(options, name) for name in _OPTION_NAMES), need_grads, backend)
+    return (
+        *_network_args(student),
+        *_network_args(teacher),
+        *(getattr(options, name) for name in _OPTION_NAMES),
+        need_grads,
+        backend,
+    )
 
 
 def _from_forward_args(args: tuple) -> tuple[Network, Network, LossOptions, bool, str]:

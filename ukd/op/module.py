@@ -44,8 +44,8 @@ class UnifiedDistillLoss(nn.Module):
         backend: "auto", "reference", "cpu", "cuda" or "triton".
         fusion: how the student stages reach the student head.
 
-            * ``"pool"`` (default): every student stage is pooled and the pooled vectors concatenated (``docs/loss.md``);
-              the student head is ``(2K, ΣC_s)``.
+            * ``"pool"`` (default): every student stage is pooled and the pooled vectors concatenated
+              (``docs/loss.md``); the student head is ``(2K, ΣC_s)``.
             * ``"abf"``: the stages go through ``self.fusion``, an :class:`ukd.op.fusion.AttentionFusion` (the AFF
               chain, ``docs/loss.md``), into one map of shape ``(B, C_t0, H_t0, W_t0)`` — the channels and spatial size
               of the teacher's FIRST stage, which must then be a 4-D map — and that map is the single student
