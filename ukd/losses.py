@@ -1,6 +1,6 @@
 """Baseline logit-distillation losses of the trainer: Hinton KD and decoupled KD (DKD), mdistiller definitions.
 
-Both are ``T²``-scaled and averaged over the batch (SPEC §3):
+Both are ``T²``-scaled and averaged over the batch, as mdistiller defines them:
 
 * ``kd_loss``  = ``T² · (1/B) Σ_b KL(softmax(l_t/T) ‖ softmax(l_s/T))``.
 * ``dkd_loss`` = ``α·TCKD + β·NCKD``, where, per sample and at temperature T,

@@ -16,7 +16,7 @@ from ukd.op import backends
 
 Stage = tuple[int, ...]  # (C, H, W) for a map, (C,) for a pooled input
 
-# The benchmark shapes of SPEC/issue "Benchmarks": per network, the stages (C, H, W); K; B.
+# The benchmark shapes (docs/roofline.md): per network, the stages (C, H, W); K; B.
 BENCH_SHAPES: dict[str, dict] = {
     "cifar": {
         "batch": 64,

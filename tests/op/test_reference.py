@@ -1,4 +1,4 @@
-"""The reference against an independent float64 computation of SPEC §2 (scalar Python math) and hand values."""
+"""The reference against an independent float64 computation of docs/loss.md (scalar Python math) and hand values."""
 
 import math
 
@@ -10,7 +10,7 @@ from ukd.testing import make_case
 
 
 def _scalar_loss(case, temperature, w_dist, w_gauss, w_supp, w_logit, bound):
-    """SPEC §2 with Python floats and loops: no torch op between the inputs and the result."""
+    """docs/loss.md §1 with Python floats and loops: no torch op between the inputs and the result."""
 
     def pooled(feats, b):
         out = []

@@ -1,4 +1,4 @@
-"""Adaptive Features Fusion (AFF): the attention-based fusion chain over the student stages (SPEC §1).
+"""Adaptive Features Fusion (AFF): the attention-based fusion chain over the student stages (``docs/loss.md`` §4).
 
 The chain walks the student stages deepest first. With ``C_mid = min(512, C_deepest)``, at every level
 

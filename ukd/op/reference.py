@@ -1,4 +1,4 @@
-"""SPEC §2 in plain PyTorch: the oracle every fused backend is tested against.
+"""The loss of ``docs/loss.md`` in plain PyTorch: the oracle every fused backend is tested against.
 
 Every function reads like the equation it implements; autograd provides the gradients.
 Nothing here is fused or clever, and nothing should become so.
@@ -80,7 +80,7 @@ def unified_loss(
     logit_weight: float = 1.0,
     logvar_bound: float = 10.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """The UKD loss of SPEC §2, computed in the dtype of its (promoted) inputs.
+    """The UKD loss of ``docs/loss.md`` (W), computed in the dtype of its (promoted) inputs.
 
     Returns:
         ``(loss, {"dist", "gauss", "supp", "logit"})``, all 0-dim tensors.
