@@ -15,7 +15,8 @@ COLUMNS = {1: "reference", 2: "csrc/ukd_math.h", 3: "ukd_kernels/math.py"}
 
 
 def _table() -> list[list[str]]:
-    rows = [line.split("|")[1:-1] for line in (REPO / "docs/loss.md").read_text().splitlines() if line.startswith("| (")]
+    lines = (REPO / "docs/loss.md").read_text().splitlines()
+    rows = [line.split("|")[1:-1] for line in lines if line.startswith("| (")]
     assert len(rows) >= 10, "the table of docs/loss.md §5 is missing"
     return rows
 
