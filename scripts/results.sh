@@ -34,7 +34,7 @@ for seed in $SEEDS; do
     if [ "$ABF" = "1" ]; then
         echo "== ukd (fusion abf) seed $seed -> $OUT/ukd_abf_seed$seed"
         # shellcheck disable=SC2086
-        "${UKD[@]}" distill --config demo --method ukd --set distill.ukd.op.fusion=abf --seed "$seed" \
+        "${UKD[@]}" distill --config demo --method ukd --set distill.ukd.fusion=abf --seed "$seed" \
             -t "$OUT/teacher/last.pt" -o "$OUT/ukd_abf_seed$seed" --resume --quiet $EXTRA
     fi
 done

@@ -18,7 +18,7 @@ __all__ = ["build_parser", "config_from_args", "main"]
 
 _EPILOG = (
     "Configuration: defaults <- --config FILE <- flags <- --set key=value (dotted keys, YAML values, e.g. "
-    "--set optim.lr=0.1 --set optim.milestones=[30,60] --set distill.ukd.op.fusion=pool). Unknown keys are errors."
+    "--set optim.lr=0.1 --set optim.milestones=[30,60] --set distill.ukd.fusion=pool). Unknown keys are errors."
 )
 
 
