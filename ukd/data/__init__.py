@@ -26,7 +26,8 @@ from .fashion_mnist import (
 )
 from .idx import read_idx, write_idx
 from .imagefolder import load_image_folder
-from .loaders import DATASET_NAMES, build_datasets, build_loaders, seed_worker
+from .loaders import DATASET_NAMES, ShardSampler, balanced_subset, build_datasets, build_loaders
+from .seeding import RANK_SEED_STRIDE, rank_seed, seed_everything, seed_worker
 from .transforms import (
     DATASET_STATS,
     Compose,
@@ -53,11 +54,14 @@ __all__ = [
     "FashionMNISTSource",
     "IDXFormatError",
     "Normalize",
+    "RANK_SEED_STRIDE",
     "RandomCrop",
     "RandomHorizontalFlip",
+    "ShardSampler",
     "TensorImageDataset",
     "ToFloat",
     "Transform",
+    "balanced_subset",
     "build_datasets",
     "build_loaders",
     "cifar_class_names",
@@ -69,7 +73,9 @@ __all__ = [
     "load_fashion_mnist",
     "load_fashion_mnist_auto",
     "load_image_folder",
+    "rank_seed",
     "read_idx",
+    "seed_everything",
     "seed_worker",
     "train_transform",
     "write_idx",

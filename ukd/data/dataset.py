@@ -26,7 +26,7 @@ class TensorImageDataset(Dataset):
     Items: ``(image, label)`` with ``image`` the transform's output (``float32 (C, H, W)`` for the standard pipelines)
     and ``label`` a 0-dim ``int64`` tensor; the default collate stacks them to ``(B, C, H, W)`` and ``(B,)``.
 
-    In DataLoader workers, :func:`ukd.data.loaders.seed_worker` calls :meth:`reseed` with the worker's seed, so that
+    In DataLoader workers, :func:`ukd.data.seeding.seed_worker` calls :meth:`reseed` with the worker's seed, so that
     workers draw different, reproducible augmentations.
     """
 

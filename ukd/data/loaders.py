@@ -1,15 +1,25 @@
-"""Train/test DataLoaders for the data sets of :mod:`ukd.data`, reproducible under a seed."""
+"""The DataLoader builder of ukd: train/test loaders of the data sets of :mod:`ukd.data`, reproducible under a seed.
+
+:func:`build_loaders` is the one place where DataLoaders are made; the trainer's
+:func:`ukd.train.data.build_train_loaders` maps a run's ``data`` configuration onto it. Every random stream of the input
+pipeline derives from the seed through :func:`ukd.data.seeding.rank_seed`:
+
+* the training order: a :class:`~torch.utils.data.RandomSampler` on the training loader's generator (single process),
+  or a :class:`~torch.utils.data.distributed.DistributedSampler` seeded with the seed itself (shared by the ranks,
+  reshuffled by ``set_epoch``);
+* the augmentation: the training set's own generator (used directly when ``num_workers == 0``; with workers,
+  :func:`~ukd.data.seeding.seed_worker` reseeds each worker from a seed drawn from the loader's generator).
+"""
 
 from __future__ import annotations
 
 import os
-import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, RandomSampler, get_worker_info
+from torch.utils.data import DataLoader, RandomSampler, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
 from .cifar import CIFAR10_FOLDER, CIFAR100_FOLDER, cifar_class_names, find_cifar_folder, load_cifar10, load_cifar100
@@ -17,9 +27,10 @@ from .dataset import TensorImageDataset
 from .errors import DatasetNotFoundError
 from .fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist_auto
 from .imagefolder import load_image_folder
+from .seeding import rank_seed, seed_worker
 from .transforms import DATASET_STATS, eval_transform, train_transform
 
-__all__ = ["DATASET_NAMES", "build_datasets", "build_loaders", "seed_worker"]
+__all__ = ["DATASET_NAMES", "ShardSampler", "balanced_subset", "build_datasets", "build_loaders", "seed_worker"]
 
 PathLike = str | os.PathLike[str]
 
@@ -27,20 +38,47 @@ PathLike = str | os.PathLike[str]
 DATASET_NAMES: tuple[str, ...] = ("fashion_mnist", "cifar10", "cifar100", "imagefolder")
 
 
-def seed_worker(worker_id: int) -> None:
-    """``worker_init_fn`` for DataLoaders: seed ``random``, numpy and the data set's generator in each worker.
+class ShardSampler(Sampler[int]):
+    """Indices ``rank, rank + world, rank + 2·world, ...`` of a data set, in order, without padding."""
 
-    torch has already seeded the worker's global RNG with ``base_seed + worker_id``, where ``base_seed`` is drawn from
-    the DataLoader's generator; that seed is reused here, so every worker of every epoch gets its own stream and the
-    whole run is reproducible under the loader's seed.
+    def __init__(self, length: int, rank: int = 0, world_size: int = 1) -> None:
+        self.length, self.rank, self.world_size = length, rank, world_size
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.length, self.world_size))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.world_size))
+
+
+def balanced_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+    """Sorted indices of ``size`` items drawn without replacement, as evenly over the classes as possible.
+
+    Each class gets ``size // n_classes`` items (the first ``size % n_classes`` classes one more), capped by what the
+    class has; the draw within a class is a permutation from a generator seeded with ``seed``.
     """
-    seed = torch.initial_seed()
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    info = get_worker_info()
-    dataset = info.dataset if info is not None else None
-    if dataset is not None and getattr(dataset, "generator", None) is not None and hasattr(dataset, "reseed"):
-        dataset.reseed(seed)
+    n = labels.numel()
+    if size >= n:
+        return torch.arange(n)
+    gen = torch.Generator().manual_seed(seed)
+    classes = torch.unique(labels)
+    base, extra = divmod(size, len(classes))
+    picked = []
+    for i, c in enumerate(classes.tolist()):
+        members = torch.nonzero(labels == c).flatten()
+        take = min(members.numel(), base + (1 if i < extra else 0))
+        picked.append(members[torch.randperm(members.numel(), generator=gen)[:take]])
+    return torch.sort(torch.cat(picked)).values
+
+
+def _subset(dataset: TensorImageDataset, size: int | None, seed: int, stream_seed: int | None) -> TensorImageDataset:
+    """``dataset`` itself, or a class-balanced subset of ``size`` items (augmentation seeded with ``stream_seed``)."""
+    if size is None or size >= len(dataset):
+        return dataset
+    idx = balanced_subset(dataset.labels, size, seed)
+    return TensorImageDataset(
+        dataset.images[idx], dataset.labels[idx], dataset.transform, dataset.classes, seed=stream_seed
+    )
 
 
 def _imagefolder_split_dir(root: Path, names: tuple[str, ...]) -> Path | None:
@@ -139,6 +177,20 @@ def build_datasets(
     return train_set, test_set, info
 
 
+def _resolve_replicas(distributed: bool, num_replicas: int | None, rank: int | None) -> tuple[int, int]:
+    """``(num_replicas, rank)``: ``(1, 0)`` in a single process, else the given ones or the process group's."""
+    if not distributed:
+        return 1, 0
+    if num_replicas is None or rank is None:
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            raise RuntimeError(
+                "distributed=True needs an initialised torch.distributed process group, or num_replicas= and rank="
+            )
+        num_replicas = torch.distributed.get_world_size() if num_replicas is None else num_replicas
+        rank = torch.distributed.get_rank() if rank is None else rank
+    return num_replicas, rank
+
+
 def build_loaders(
     name: str,
     data_dir: PathLike | None = None,
@@ -157,6 +209,11 @@ def build_loaders(
     warn: bool = True,
     image_mode: str = "RGB",
     image_size: tuple[int, int] | None = None,
+    train_subset: int | None = None,
+    test_subset: int | None = None,
+    subset_seed: int = 0,
+    exact_test_shards: bool = False,
+    test_seed: int | None = None,
 ) -> tuple[DataLoader, DataLoader, dict[str, Any]]:
     """Build the training and test DataLoaders of a data set.
 
@@ -168,57 +225,71 @@ def build_loaders(
         seed: makes the run reproducible: the shuffling order, each worker's RNG and the augmentations are all drawn
             from it. Two loaders built with the same arguments yield the same batches, epoch after epoch.
         distributed: shard both sets with :class:`~torch.utils.data.distributed.DistributedSampler` (training shuffled
-            with ``seed``, test in order; the test shard is padded with repeats to equal length). Call
-            ``train_loader.sampler.set_epoch(epoch)`` at each epoch.
+            with ``seed``, test in order; the test shard is padded with repeats to equal length, unless
+            ``exact_test_shards``). Call ``train_loader.sampler.set_epoch(epoch)`` at each epoch.
         eval_batch_size: test batch size; default ``batch_size``.
         augment: random crop + flip on the training set.
         drop_last: drop the last incomplete training batch.
+        pin_memory, persistent_workers: passed to both DataLoaders (``persistent_workers`` only with workers).
         num_replicas, rank: for ``distributed``; default: from the initialised process group.
         warn: let the Fashion-MNIST fallback warn.
         image_mode, image_size: image-folder only, see :func:`build_datasets`.
+        train_subset, test_subset: keep only a class-balanced subset of that many items (:func:`balanced_subset`,
+            drawn with ``subset_seed`` and ``subset_seed + 1``); None keeps the whole set.
+        exact_test_shards: shard the test set with :class:`ShardSampler` (in order, no padding), so that counts
+            summed over the ranks are exact.
+        test_seed: seed of the test loader's own generator (it draws the test workers' seeds); None: the test
+            loader shares the training loader's generator, so iterating it moves the training stream on.
 
     Returns:
         ``(train_loader, test_loader, info)``. Batches are ``(images, labels)``: ``float32 (B, C, H, W)`` normalised
         and ``int64 (B,)``. ``info`` has ``name``, ``num_classes``, ``in_channels``, ``image_size`` ``(H, W)``,
         ``source`` (``"debian"``, ``"embedded"`` or ``"data_dir"``), ``data_dir``, ``classes``, ``mean``, ``std``,
-        ``train_size``, ``test_size``, ``distributed``, ``rank``, ``num_replicas``.
+        ``train_size``, ``test_size`` (after subsetting), ``distributed``, ``rank``, ``num_replicas``. The training
+        loader's ``generator`` orders the training set (single process) and draws its workers' seeds.
     """
     if batch_size < 1 or num_workers < 0:
         raise ValueError(f"need batch_size >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
-    if distributed:
-        if num_replicas is None or rank is None:
-            if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-                raise RuntimeError(
-                    "distributed=True needs an initialised torch.distributed process group, or num_replicas= and rank="
-                )
-            num_replicas = torch.distributed.get_world_size() if num_replicas is None else num_replicas
-            rank = torch.distributed.get_rank() if rank is None else rank
-    else:
-        num_replicas, rank = 1, 0
+    num_replicas, rank = _resolve_replicas(distributed, num_replicas, rank)
     # Each rank gets its own augmentation and worker streams; the sampler's shuffling seed is shared by all ranks.
-    stream_seed = seed + 1_000_003 * rank
+    stream_seed = rank_seed(seed, rank)
     train_set, test_set, info = build_datasets(
         name, data_dir, seed=stream_seed, augment=augment, warn=warn, image_mode=image_mode, image_size=image_size
     )
+    train_set = _subset(train_set, train_subset, subset_seed, stream_seed)
+    test_set = _subset(test_set, test_subset, subset_seed + 1, None)
+    info.update(train_size=len(train_set), test_size=len(test_set))
+
     generator = torch.Generator()
     generator.manual_seed(stream_seed)
     if distributed:
-        train_sampler: Any = DistributedSampler(
+        train_sampler: Sampler[int] = DistributedSampler(
             train_set, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=drop_last
         )
-        test_sampler: Any = DistributedSampler(test_set, num_replicas=num_replicas, rank=rank, shuffle=False)
     else:
-        train_sampler, test_sampler = RandomSampler(train_set, generator=generator), None
+        train_sampler = RandomSampler(train_set, generator=generator)
+    test_sampler: Sampler[int] | None = None
+    if exact_test_shards:
+        test_sampler = ShardSampler(len(test_set), rank, num_replicas)
+    elif distributed:
+        test_sampler = DistributedSampler(test_set, num_replicas=num_replicas, rank=rank, shuffle=False)
+    test_generator = generator if test_seed is None else torch.Generator().manual_seed(test_seed)
     common: dict[str, Any] = dict(
         num_workers=num_workers,
         pin_memory=pin_memory,
         worker_init_fn=seed_worker,
-        generator=generator,
         persistent_workers=persistent_workers and num_workers > 0,
     )
-    train_loader = DataLoader(train_set, batch_size=batch_size, sampler=train_sampler, drop_last=drop_last, **common)
+    train_loader = DataLoader(
+        train_set, batch_size=batch_size, sampler=train_sampler, drop_last=drop_last, generator=generator, **common
+    )
     test_loader = DataLoader(
-        test_set, batch_size=eval_batch_size or batch_size, sampler=test_sampler, shuffle=False, **common
+        test_set,
+        batch_size=eval_batch_size or batch_size,
+        sampler=test_sampler,
+        shuffle=False,
+        generator=test_generator,
+        **common,
     )
     info.update(distributed=distributed, rank=rank, num_replicas=num_replicas)
     return train_loader, test_loader, info

@@ -1,73 +1,31 @@
-"""The trainer's DataLoaders: :func:`ukd.data.build_datasets`, optional class-balanced subsets, resumable sampling.
+"""The trainer's DataLoaders: a run's ``data`` configuration mapped onto :func:`ukd.data.build_loaders`.
 
-Everything random in the input pipeline draws from generators this module creates and :func:`loader_state` /
-:func:`load_loader_state` save and restore, so a resumed run sees exactly the batches an uninterrupted one would:
+:func:`ukd.data.build_loaders` makes the loaders (class-balanced subsets, samplers, the seeds of every random stream,
+see :mod:`ukd.data.loaders`); this module adds what the training loop needs around them: the :class:`Loaders` of a
+run, and :func:`loader_state` / :func:`load_loader_state`, which save and restore the generators that decide the next
+epoch's batches, so a resumed run sees exactly the batches an uninterrupted one would.
 
-* the training order: a :class:`~torch.utils.data.RandomSampler` on ``train_generator`` (single process), or a
-  :class:`~torch.utils.data.distributed.DistributedSampler` (seeded, reshuffled by ``set_epoch``);
-* the augmentation: the training set's own generator (used directly when ``num_workers == 0``; with workers,
-  :func:`ukd.data.seed_worker` reseeds each worker from a seed drawn from ``train_generator``).
-
-Evaluation is sharded without padding (:class:`ShardSampler`) so that counts summed over ranks are exact.
+Evaluation is sharded without padding (:class:`~ukd.data.ShardSampler`) so that counts summed over ranks are exact.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler, Sampler
+from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from ukd.data import TensorImageDataset, build_datasets, seed_worker
+from ukd.data import ShardSampler, balanced_subset, build_loaders, rank_seed
 
 from .distributed import DistEnv
 
 __all__ = ["Loaders", "ShardSampler", "balanced_subset", "build_train_loaders", "load_loader_state", "loader_state"]
 
-
-class ShardSampler(Sampler[int]):
-    """Indices ``rank, rank + world, rank + 2·world, ...`` of a data set, in order, without padding."""
-
-    def __init__(self, length: int, rank: int = 0, world_size: int = 1) -> None:
-        self.length, self.rank, self.world_size = length, rank, world_size
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(range(self.rank, self.length, self.world_size))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.length, self.world_size))
-
-
-def balanced_subset(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
-    """Sorted indices of ``size`` items drawn without replacement, as evenly over the classes as possible.
-
-    Each class gets ``size // n_classes`` items (the first ``size % n_classes`` classes one more), capped by what the
-    class has; the draw within a class is a permutation from a generator seeded with ``seed``.
-    """
-    n = labels.numel()
-    if size >= n:
-        return torch.arange(n)
-    gen = torch.Generator().manual_seed(seed)
-    classes = torch.unique(labels)
-    base, extra = divmod(size, len(classes))
-    picked = []
-    for i, c in enumerate(classes.tolist()):
-        members = torch.nonzero(labels == c).flatten()
-        take = min(members.numel(), base + (1 if i < extra else 0))
-        picked.append(members[torch.randperm(members.numel(), generator=gen)[:take]])
-    return torch.sort(torch.cat(picked)).values
-
-
-def _subset(dataset: TensorImageDataset, size: int | None, seed: int, stream_seed: int | None) -> TensorImageDataset:
-    if size is None or size >= len(dataset):
-        return dataset
-    idx = balanced_subset(dataset.labels, size, seed)
-    return TensorImageDataset(
-        dataset.images[idx], dataset.labels[idx], dataset.transform, dataset.classes, seed=stream_seed
-    )
+#: Entries of :func:`ukd.data.build_loaders`'s ``info`` that describe this process, not the data; a run's info (saved
+#: in its checkpoint and ``summary.json``) has the data's only.
+_PROCESS_INFO = ("distributed", "rank", "num_replicas")
 
 
 @dataclass
@@ -91,49 +49,36 @@ def build_train_loaders(data_cfg: dict[str, Any], seed: int, env: DistEnv, *, wa
 
     Args:
         data_cfg: the ``data`` section (see :data:`ukd.train.config.DEFAULTS`); ``batch_size`` is per process.
-        seed: the run's seed: shuffling, and the augmentation stream (offset per rank).
+        seed: the run's seed: shuffling, and the augmentation stream (offset per rank, :func:`ukd.data.rank_seed`).
         env: the process's place in the data-parallel group.
         warn: let the Fashion-MNIST fallback to the embedded subset warn.
 
     Returns:
         :class:`Loaders`; ``info`` is the data set's info plus ``train_size``/``test_size`` after subsetting.
     """
-    stream_seed = seed + 1_000_003 * env.rank
-    train_set, test_set, info = build_datasets(
-        data_cfg["name"], data_cfg["data_dir"], seed=stream_seed, augment=data_cfg["augment"], warn=warn
-    )
-    train_set = _subset(train_set, data_cfg["train_subset"], data_cfg["subset_seed"], stream_seed)
-    test_set = _subset(test_set, data_cfg["test_subset"], data_cfg["subset_seed"] + 1, None)
-    info = dict(info, train_size=len(train_set), test_size=len(test_set))
-
-    train_gen = torch.Generator().manual_seed(stream_seed)
-    if env.distributed:
-        train_sampler: Sampler[int] = DistributedSampler(
-            train_set, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=seed
-        )
-    else:
-        train_sampler = RandomSampler(train_set, generator=train_gen)
-    workers = data_cfg["num_workers"]
-    pin = env.device.type == "cuda"
-    train = DataLoader(
-        train_set,
+    train, test, info = build_loaders(
+        data_cfg["name"],
+        data_cfg["data_dir"],
         batch_size=data_cfg["batch_size"],
-        sampler=train_sampler,
-        num_workers=workers,
-        worker_init_fn=seed_worker,
-        generator=train_gen,
-        pin_memory=pin,
+        num_workers=data_cfg["num_workers"],
+        seed=seed,
+        distributed=env.distributed,
+        eval_batch_size=data_cfg["eval_batch_size"],
+        augment=data_cfg["augment"],
+        pin_memory=env.device.type == "cuda",
+        num_replicas=env.world_size,
+        rank=env.rank,
+        warn=warn,
+        train_subset=data_cfg["train_subset"],
+        test_subset=data_cfg["test_subset"],
+        subset_seed=data_cfg["subset_seed"],
+        exact_test_shards=True,
+        # The test loader has its own generator, so that evaluating does not move the training stream on.
+        test_seed=rank_seed(seed, env.rank) + 1,
     )
-    test = DataLoader(
-        test_set,
-        batch_size=data_cfg["eval_batch_size"],
-        sampler=ShardSampler(len(test_set), env.rank, env.world_size),
-        num_workers=workers,
-        worker_init_fn=seed_worker,
-        generator=torch.Generator().manual_seed(stream_seed + 1),
-        pin_memory=pin,
-    )
-    return Loaders(train, test, info, train_gen)
+    info = {k: v for k, v in info.items() if k not in _PROCESS_INFO}
+    assert train.generator is not None  # build_loaders always gives the training loader its generator
+    return Loaders(train, test, info, train.generator)
 
 
 def loader_state(loaders: Loaders) -> dict[str, Any]:
