@@ -10,6 +10,16 @@ One run writes, under its ``output_dir`` (rank 0 only):
 A checkpoint holds the network, the method's extra modules (UKD heads and fusion), the optimiser, the scheduler, the
 epoch, the configuration, and, for every rank, the torch/numpy/Python RNG states and the data generators' states, so
 ``run.resume`` continues bit-exactly where the run stopped.
+
+:func:`train` composes these pieces, which pass one :class:`Run` between them:
+
+* setup: :func:`_setup_run` (configuration → loaders, teacher, student, objective, optimiser, scheduler),
+  :func:`_resume_run` (checkpoint → state, or a fresh ``metrics.jsonl``), :func:`_wrap_data_parallel`,
+  :func:`_announce`;
+* one epoch: :func:`_run_epoch` = :func:`_train_epoch` (the batches, :func:`_train_step` each),
+  :func:`_evaluate_epoch`, :func:`_save_epoch` (``metrics.jsonl`` and ``last.pt``, :func:`_checkpoint_state`),
+  :func:`_report_epoch`;
+* the end: :func:`_finish_run` (final metrics, ``curves.png``, ``summary.json``, the :class:`RunResult`).
 """
 
 from __future__ import annotations
@@ -19,7 +29,6 @@ import inspect
 import json
 import math
 import os
-import random
 import sys
 import time
 from collections.abc import Sequence
@@ -27,13 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from ukd.data import rank_seed, seed_everything
 from ukd.models import build as build_model
 
 from . import distributed as dist_utils
@@ -97,12 +106,6 @@ def set_threads(requested: int | None, local_world_size: int = 1) -> int:
             n = max(1, min(n, int(idle + 0.35)))
     torch.set_num_threads(n)
     return n
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _to_device(x: Tensor, device: torch.device, channels_last: bool) -> Tensor:
@@ -217,6 +220,386 @@ def _check_resumable(path: Path, ckpt: dict[str, Any], cfg: dict[str, Any], meth
         )
 
 
+@dataclass
+class Run:
+    """What one call of :func:`train` carries from its setup through the epochs to its end.
+
+    Built by :func:`_setup_run`; :func:`_resume_run` sets ``start_epoch``, ``elapsed`` and ``records`` from a
+    checkpoint; each epoch appends to ``records`` and updates ``last_eval``.
+
+    Attributes:
+        cfg: the run's configuration.
+        method: ``"ce"``, ``"kd"``, ``"dkd"`` or ``"ukd"``.
+        env: this process's place in the data-parallel group.
+        threads: torch's intra-op threads.
+        say: prints on rank 0 unless ``run.quiet``.
+        out: the output directory.
+        loaders: the training and test loaders.
+        model: the trained network (unwrapped).
+        objective: the network plus the method's trainable extras.
+        optimizer, scheduler: SGD and its learning-rate schedule.
+        teacher, teacher_ckpt: the frozen teacher and its checkpoint (None and ``{}`` for ``ce``).
+        net: what the training step calls: ``objective``, or its DistributedDataParallel wrapper.
+        start_epoch: the first epoch to train (1, or the one after the resumed checkpoint's).
+        elapsed: training seconds of the earlier segments of a resumed run.
+        segment_start: ``time.perf_counter()`` when this segment's epochs began.
+        records: the per-epoch metrics (on rank 0; those of earlier segments included).
+        last_eval: the latest test metrics.
+        finished: False once the run stops early at ``run.stop_after``.
+    """
+
+    cfg: dict[str, Any]
+    method: str
+    env: dist_utils.DistEnv
+    threads: int
+    say: _Printer
+    out: Path
+    loaders: Loaders
+    model: nn.Module
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    teacher: nn.Module | None = None
+    teacher_ckpt: dict[str, Any] = field(default_factory=dict)
+    net: nn.Module | None = None
+    start_epoch: int = 1
+    elapsed: float = 0.0
+    segment_start: float = 0.0
+    records: list[dict[str, Any]] = field(default_factory=list)
+    last_eval: dict[str, float] = field(default_factory=dict)
+    finished: bool = True
+
+    @property
+    def ckpt_path(self) -> Path:
+        """``<output_dir>/last.pt``."""
+        return self.out / CHECKPOINT_NAME
+
+    @property
+    def metrics_path(self) -> Path:
+        """``<output_dir>/metrics.jsonl``."""
+        return self.out / "metrics.jsonl"
+
+    @property
+    def epochs(self) -> int:
+        """The number of epochs of the whole run."""
+        return int(self.cfg["optim"]["epochs"])
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """The data set's info (see :func:`ukd.train.data.build_train_loaders`)."""
+        return self.loaders.info
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether images and networks use the channels-last memory format."""
+        return bool(self.cfg["model"]["channels_last"])
+
+    def elapsed_now(self) -> float:
+        """Training seconds so far, earlier segments included."""
+        return self.elapsed + time.perf_counter() - self.segment_start
+
+
+def _setup_run(cfg: dict[str, Any], method: str, warn_data: bool) -> Run:
+    """Configuration → process group, threads, output directory, seeds, loaders, teacher, student, optimiser.
+
+    Seeds the global RNGs with ``cfg["seed"]`` before building the networks (the same initial weights on every rank),
+    then with the rank's own seed (:func:`ukd.data.rank_seed`) for what the epochs draw (e.g. the UKD noise).
+    """
+    run_cfg, ocfg = cfg["run"], cfg["optim"]
+    env = dist_utils.init_distributed(run_cfg["device"])
+    threads = set_threads(run_cfg["threads"], env.local_world_size)
+    say = _Printer(env, run_cfg["quiet"])
+    out = Path(cfg["output_dir"] or "runs/train")
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    seed = int(cfg["seed"])
+    seed_everything(seed)
+
+    loaders: Loaders = build_train_loaders(cfg["data"], seed, env, warn=warn_data and env.is_main)
+    info = loaders.info
+    teacher: nn.Module | None = None
+    teacher_ckpt: dict[str, Any] = {}
+    if needs_teacher(method):
+        teacher, teacher_ckpt = _load_teacher(cfg, env.device, info)
+
+    model = build_model(cfg["model"]["name"], num_classes=info["num_classes"], in_channels=info["in_channels"])
+    objective = build_objective(model, method, cfg["distill"], info["num_classes"], teacher).to(env.device)
+    if cfg["model"]["channels_last"]:
+        objective = objective.to(memory_format=torch.channels_last)
+    params = [p for p in objective.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(
+        params, lr=ocfg["lr"], momentum=ocfg["momentum"], weight_decay=ocfg["weight_decay"], nesterov=ocfg["nesterov"]
+    )
+    scheduler = _build_scheduler(optimizer, ocfg)
+    # Each rank gets its own stream for the UKD noise (and anything else drawing from the global RNGs).
+    seed_everything(rank_seed(seed, env.rank))
+    return Run(
+        cfg, method, env, threads, say, out, loaders, model, objective, optimizer, scheduler, teacher, teacher_ckpt
+    )
+
+
+def _resume_run(run: Run) -> None:
+    """With ``run.resume``: restore the state of ``last.pt`` (if there is one) and cut ``metrics.jsonl`` to it.
+
+    Restores the weights, the method's extras, the optimiser, the scheduler, this rank's RNG and loader states, and
+    sets ``start_epoch``, ``elapsed`` and ``records``. Without ``run.resume`` a fresh run removes an old
+    ``metrics.jsonl``.
+
+    Raises:
+        CheckpointError: ``last.pt`` is unreadable or belongs to another run.
+    """
+    env, ckpt_path, metrics_path = run.env, run.ckpt_path, run.metrics_path
+    if run.cfg["run"]["resume"]:
+        if ckpt_path.exists():
+            ckpt = load_checkpoint(ckpt_path, map_location="cpu")  # RNG states must stay on the CPU
+            _check_resumable(ckpt_path, ckpt, run.cfg, run.method, env.world_size)
+            run.model.load_state_dict(ckpt["model"]["state_dict"])
+            run.objective.load_extra_state(ckpt["extra"])
+            run.optimizer.load_state_dict(ckpt["optimizer"])
+            run.scheduler.load_state_dict(ckpt["scheduler"])
+            rank_state = ckpt["rank_states"][env.rank]
+            restore_rng_state(rank_state["rng"])
+            load_loader_state(run.loaders, rank_state["loader"])
+            run.start_epoch, run.elapsed = int(ckpt["epoch"]) + 1, float(ckpt.get("elapsed", 0.0))
+            if env.is_main:
+                truncate_metrics(metrics_path, int(ckpt["epoch"]))
+            run.say(f"resumed {ckpt_path} after epoch {ckpt['epoch']}")
+        else:
+            run.say(f"resume: no checkpoint at {ckpt_path}, starting from scratch")
+    elif env.is_main and metrics_path.exists():
+        metrics_path.unlink()  # a fresh run starts a fresh log
+    run.records = read_metrics(metrics_path) if (env.is_main and run.start_epoch > 1) else []
+
+
+def _wrap_data_parallel(run: Run) -> None:
+    """Set ``run.net``: the objective, wrapped in DistributedDataParallel when there are several processes.
+
+    Called after :func:`_resume_run`: the wrapper broadcasts rank 0's parameters when it is built.
+    """
+    run.net = run.objective
+    if run.env.distributed:
+        # BatchNorm statistics stay per rank during the epoch and are averaged at its end (sync_buffers).
+        no_buffer_sync = (
+            {"forward_sync_buffers": False}
+            if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+            else {"broadcast_buffers": False}
+        )
+        run.net = DistributedDataParallel(
+            run.objective,
+            device_ids=[run.env.device.index] if run.env.device.type == "cuda" else None,
+            **no_buffer_sync,
+        )
+
+
+def _announce(run: Run) -> None:
+    """Print the one-line description of the run: method, networks, data, schedule, devices, output directory."""
+    cfg, info, env = run.cfg, run.info, run.env
+    ocfg = cfg["optim"]
+    n_params = sum(p.numel() for p in run.model.parameters())
+    run.say(
+        f"[{run.method}] {cfg['model']['name']} ({n_params / 1e6:.2f}M params)"
+        + (f" <- teacher {run.teacher_ckpt['model']['name']}" if run.teacher is not None else "")
+        + f" | {info['name']} ({info['source']}): {info['train_size']} train / {info['test_size']} test"
+        + f" | {ocfg['epochs']} epochs, batch {cfg['data']['batch_size']}x{env.world_size}, lr {ocfg['lr']}"
+        + f" | {env.device}, {run.threads} thread(s) x {env.world_size} process(es) -> {run.out}"
+    )
+
+
+def _train_step(
+    run: Run, images: Tensor, target: Tensor, epoch: int, step: int
+) -> tuple[float, Tensor, dict[str, Tensor]]:
+    """One optimiser step on a batch already on the device; returns ``(loss, student logits, loss terms)``.
+
+    Raises:
+        FloatingPointError: the loss is not finite.
+    """
+    assert run.net is not None  # set by _wrap_data_parallel
+    t_logits = t_feats = None
+    if run.teacher is not None:
+        with torch.no_grad():
+            t_logits, t_feats = run.teacher(images, preact=run.objective.preact)
+    loss, logits, parts = run.net(images, target, t_logits, t_feats, epoch=epoch)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    loss_value = loss.item()
+    if not math.isfinite(loss_value):
+        raise FloatingPointError(f"{run.out}: the {run.method} loss is {loss_value} at epoch {epoch}, step {step}")
+    return loss_value, logits, parts
+
+
+def _train_epoch(run: Run, epoch: int) -> dict[str, Any]:
+    """Train one epoch (progress bar on a terminal), step the scheduler, average BatchNorm buffers over the ranks.
+
+    Returns:
+        The epoch's record so far: ``epoch``, ``lr``, ``train_loss``, ``train_top1``, ``train_top5``,
+        ``train_images`` and ``train_<term>`` for each loss term, summed over all ranks.
+    """
+    run.loaders.set_epoch(epoch)
+    run.objective.train()
+    lr = run.optimizer.param_groups[0]["lr"]
+    sums = torch.zeros(4, dtype=torch.float64)  # loss·n, top-1 hits, top-5 hits, n
+    part_sums: dict[str, float] = {}
+    bar = tqdm(
+        run.loaders.train,
+        desc=f"{run.method} {epoch}/{run.epochs}",
+        disable=not run.say.bars,
+        leave=False,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
+    for step, (images, target) in enumerate(bar):
+        images = _to_device(images, run.env.device, run.channels_last)
+        target = target.to(run.env.device, non_blocking=True)
+        loss_value, logits, parts = _train_step(run, images, target, epoch, step)
+        b = target.numel()
+        c1, c5 = topk_correct(logits.detach(), target)
+        sums += torch.tensor([loss_value * b, c1, c5, b], dtype=torch.float64)
+        for name, value in parts.items():
+            part_sums[name] = part_sums.get(name, 0.0) + value.item() * b
+        if run.say.bars:
+            bar.set_postfix(
+                loss=f"{sums[0].item() / sums[3].item():.4f}",
+                acc=f"{100 * sums[1].item() / sums[3].item():.2f}%",
+                refresh=False,
+            )
+    bar.close()
+    run.scheduler.step()
+    if run.env.distributed:
+        dist_utils.sync_buffers(run.objective)
+    names = sorted(part_sums)
+    totals = dist_utils.all_reduce_sum(
+        torch.cat([sums, torch.tensor([part_sums[k] for k in names], dtype=torch.float64)])
+    )
+    n = totals[3].item()
+    return {
+        "epoch": epoch,
+        "lr": lr,
+        "train_loss": totals[0].item() / n,
+        "train_top1": 100 * totals[1].item() / n,
+        "train_top5": 100 * totals[2].item() / n,
+        "train_images": int(n),
+        **{f"train_{k}": totals[4 + i].item() / n for i, k in enumerate(names)},
+    }
+
+
+def _evaluate_epoch(run: Run, epoch: int) -> dict[str, float | None]:
+    """The test metrics of ``epoch``: evaluated every ``run.eval_every`` epochs and at the last one, else None."""
+    if epoch % run.cfg["run"]["eval_every"] == 0 or epoch == run.epochs:
+        run.last_eval = evaluate(run.model, run.loaders.test, run.env.device, run.channels_last)
+        return dict(run.last_eval)
+    return {"test_loss": None, "test_top1": None, "test_top5": None}
+
+
+def _checkpoint_state(run: Run, epoch: int, record: dict[str, Any], rank_states: list[Any]) -> dict[str, Any]:
+    """The checkpoint after ``epoch``: everything :func:`_resume_run` restores, plus the metrics and configuration."""
+    info = run.info
+    return {
+        "format": "ukd-checkpoint",
+        "version": FORMAT_VERSION,
+        "method": run.method,
+        "epoch": epoch,
+        "epochs": run.epochs,
+        "elapsed": record["elapsed"],
+        "model": {
+            "name": run.cfg["model"]["name"],
+            "num_classes": info["num_classes"],
+            "in_channels": info["in_channels"],
+            "state_dict": run.model.state_dict(),
+        },
+        "extra": run.objective.extra_state(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "rank_states": rank_states,
+        "metrics": record,
+        "config": copy.deepcopy(run.cfg),
+        "data_info": {k: v for k, v in info.items() if k != "classes"},
+    }
+
+
+def _save_epoch(run: Run, epoch: int, record: dict[str, Any]) -> None:
+    """Append ``record`` to ``metrics.jsonl`` and write ``last.pt`` atomically (rank 0; every rank's RNG states).
+
+    Collective: every rank takes part in gathering the RNG and loader states, and waits for the write.
+    """
+    rank_states = dist_utils.all_gather_objects({"rng": capture_rng_state(), "loader": loader_state(run.loaders)})
+    if run.env.is_main:
+        run.records.append(record)
+        write_metrics(run.metrics_path, record)
+        save_checkpoint(run.ckpt_path, _checkpoint_state(run, epoch, record, rank_states))
+    dist_utils.barrier()
+
+
+def _report_epoch(run: Run, epoch: int, record: dict[str, Any]) -> None:
+    """Print the epoch's line: loss, train and test accuracy, learning rate, time."""
+    test_txt = (
+        f"  test top-1 {record['test_top1']:6.2f}%  top-5 {record['test_top5']:6.2f}%"
+        if record["test_top1"] is not None
+        else ""
+    )
+    run.say(
+        f"[{run.method}] epoch {epoch:3d}/{run.epochs}  loss {record['train_loss']:.4f}  "
+        f"train {record['train_top1']:6.2f}%{test_txt}  lr {record['lr']:.4g}  {record['epoch_time']:.1f}s"
+    )
+
+
+def _run_epoch(run: Run, epoch: int) -> None:
+    """Train, evaluate, save and report one epoch; stop the run (``run.finished = False``) at ``run.stop_after``."""
+    epoch_start = time.perf_counter()
+    record = _train_epoch(run, epoch)
+    train_time = time.perf_counter() - epoch_start
+    record.update(_evaluate_epoch(run, epoch))
+    record.update(train_time=train_time, epoch_time=time.perf_counter() - epoch_start)
+    record["elapsed"] = run.elapsed_now()
+    _save_epoch(run, epoch, record)
+    _report_epoch(run, epoch, record)
+    stop_after = run.cfg["run"]["stop_after"]
+    if stop_after is not None and epoch >= stop_after and epoch < run.epochs:
+        run.finished = False
+        run.say(f"[{run.method}] stopped after epoch {epoch} (run.stop_after); continue with --resume")
+
+
+def _finish_run(run: Run) -> RunResult:
+    """After the epochs: final metrics, optional per-rank weights, ``curves.png`` and ``summary.json`` (rank 0).
+
+    A run resumed from a checkpoint that is already at its last epoch evaluates that checkpoint's network.
+    """
+    cfg, env, out, info, method = run.cfg, run.env, run.out, run.info, run.method
+    wall = run.elapsed_now()
+    if run.start_epoch > run.epochs:  # already finished: report the last evaluation
+        run.say(f"[{method}] {run.ckpt_path} is already at epoch {run.epochs}; nothing to train")
+        run.last_eval = evaluate(run.model, run.loaders.test, env.device, run.channels_last)
+    records = run.records
+    final = dict(records[-1]) if records else {}
+    final.update(run.last_eval)
+    if cfg["run"]["save_rank_weights"]:
+        torch.save(
+            {k: v.detach().cpu() for k, v in run.objective.state_dict().items()}, out / f"weights_rank{env.rank}.pt"
+        )
+    if env.is_main:
+        if cfg["run"]["plot"] and records:
+            title = f"{cfg['model']['name']} [{method}] on {info['name']}"
+            plot_curves(records, out / "curves.png", title)
+        teacher, teacher_ckpt = run.teacher, run.teacher_ckpt
+        summary = {
+            "method": method,
+            "model": cfg["model"]["name"],
+            "teacher": teacher_ckpt["model"]["name"] if teacher is not None else None,
+            "teacher_test_top1": teacher_ckpt.get("metrics", {}).get("test_top1") if teacher is not None else None,
+            "finished": run.finished,
+            "epochs_done": records[-1]["epoch"] if records else 0,
+            "final": final,
+            "wall_time": wall,
+            "world_size": env.world_size,
+            "threads": run.threads,
+            "data": {k: v for k, v in info.items() if k != "classes"},
+            "config": cfg,
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    dist_utils.barrier()
+    return RunResult(out, run.model, run.objective, records, final, wall, run.finished)
+
+
 def train(cfg: dict[str, Any], *, method: str | None = None, warn_data: bool = True) -> RunResult:
     """Train ``cfg["model"]["name"]`` with ``method`` (default ``cfg["distill"]["method"]``).
 
@@ -228,222 +611,16 @@ def train(cfg: dict[str, Any], *, method: str | None = None, warn_data: bool = T
         CheckpointError: ``run.resume`` is set and ``<output_dir>/last.pt`` is unreadable or belongs to another run.
         FloatingPointError: the loss became non-finite (the message gives the epoch and step).
     """
-    method = method or cfg["distill"]["method"]
-    run, ocfg = cfg["run"], cfg["optim"]
-    env = dist_utils.init_distributed(run["device"])
-    threads = set_threads(run["threads"], env.local_world_size)
-    say = _Printer(env, run["quiet"])
-    out = Path(cfg["output_dir"] or "runs/train")
-    ckpt_path = out / CHECKPOINT_NAME
-    metrics_path = out / "metrics.jsonl"
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    seed = int(cfg["seed"])
-    _seed_everything(seed)
-
-    loaders: Loaders = build_train_loaders(cfg["data"], seed, env, warn=warn_data and env.is_main)
-    info = loaders.info
-    channels_last = bool(cfg["model"]["channels_last"])
-    teacher: nn.Module | None = None
-    teacher_ckpt: dict[str, Any] = {}
-    if needs_teacher(method):
-        teacher, teacher_ckpt = _load_teacher(cfg, env.device, info)
-
-    model = build_model(cfg["model"]["name"], num_classes=info["num_classes"], in_channels=info["in_channels"])
-    objective = build_objective(model, method, cfg["distill"], info["num_classes"], teacher).to(env.device)
-    if channels_last:
-        objective = objective.to(memory_format=torch.channels_last)
-    params = [p for p in objective.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(
-        params, lr=ocfg["lr"], momentum=ocfg["momentum"], weight_decay=ocfg["weight_decay"], nesterov=ocfg["nesterov"]
-    )
-    scheduler = _build_scheduler(optimizer, ocfg)
-    # Each rank gets its own stream for the UKD noise (and anything else drawing from the global RNGs).
-    _seed_everything(seed + 1_000_003 * env.rank)
-
-    start_epoch, elapsed = 1, 0.0
-    if run["resume"]:
-        if ckpt_path.exists():
-            ckpt = load_checkpoint(ckpt_path, map_location="cpu")  # RNG states must stay on the CPU
-            _check_resumable(ckpt_path, ckpt, cfg, method, env.world_size)
-            model.load_state_dict(ckpt["model"]["state_dict"])
-            objective.load_extra_state(ckpt["extra"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            rank_state = ckpt["rank_states"][env.rank]
-            restore_rng_state(rank_state["rng"])
-            load_loader_state(loaders, rank_state["loader"])
-            start_epoch, elapsed = int(ckpt["epoch"]) + 1, float(ckpt.get("elapsed", 0.0))
-            if env.is_main:
-                truncate_metrics(metrics_path, int(ckpt["epoch"]))
-            say(f"resumed {ckpt_path} after epoch {ckpt['epoch']}")
-        else:
-            say(f"resume: no checkpoint at {ckpt_path}, starting from scratch")
-    elif env.is_main and metrics_path.exists():
-        metrics_path.unlink()  # a fresh run starts a fresh log
-
-    ddp: nn.Module = objective
-    if env.distributed:
-        # BatchNorm statistics stay per rank during the epoch and are averaged at its end (sync_buffers).
-        no_buffer_sync = (
-            {"forward_sync_buffers": False}
-            if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-            else {"broadcast_buffers": False}
-        )
-        ddp = DistributedDataParallel(
-            objective, device_ids=[env.device.index] if env.device.type == "cuda" else None, **no_buffer_sync
-        )
-
-    n_params = sum(p.numel() for p in model.parameters())
-    say(
-        f"[{method}] {cfg['model']['name']} ({n_params / 1e6:.2f}M params)"
-        + (f" <- teacher {teacher_ckpt['model']['name']}" if teacher is not None else "")
-        + f" | {info['name']} ({info['source']}): {info['train_size']} train / {info['test_size']} test"
-        + f" | {ocfg['epochs']} epochs, batch {cfg['data']['batch_size']}x{env.world_size}, lr {ocfg['lr']}"
-        + f" | {env.device}, {threads} thread(s) x {env.world_size} process(es) -> {out}"
-    )
-
-    records = read_metrics(metrics_path) if (env.is_main and start_epoch > 1) else []
-    finished = True
-    segment_start = time.perf_counter()
-    last_eval: dict[str, float] = {}
-    for epoch in range(start_epoch, ocfg["epochs"] + 1):
-        epoch_start = time.perf_counter()
-        loaders.set_epoch(epoch)
-        objective.train()
-        lr = optimizer.param_groups[0]["lr"]
-        sums = torch.zeros(4, dtype=torch.float64)  # loss·n, top-1 hits, top-5 hits, n
-        part_sums: dict[str, float] = {}
-        bar = tqdm(
-            loaders.train,
-            desc=f"{method} {epoch}/{ocfg['epochs']}",
-            disable=not say.bars,
-            leave=False,
-            dynamic_ncols=True,
-            file=sys.stderr,
-        )
-        for step, (images, target) in enumerate(bar):
-            images = _to_device(images, env.device, channels_last)
-            target = target.to(env.device, non_blocking=True)
-            t_logits = t_feats = None
-            if teacher is not None:
-                with torch.no_grad():
-                    t_logits, t_feats = teacher(images, preact=objective.preact)
-            loss, logits, parts = ddp(images, target, t_logits, t_feats, epoch=epoch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"{out}: the {method} loss is {loss_value} at epoch {epoch}, step {step}")
-            b = target.numel()
-            c1, c5 = topk_correct(logits.detach(), target)
-            sums += torch.tensor([loss_value * b, c1, c5, b], dtype=torch.float64)
-            for name, value in parts.items():
-                part_sums[name] = part_sums.get(name, 0.0) + value.item() * b
-            if say.bars:
-                bar.set_postfix(
-                    loss=f"{sums[0].item() / sums[3].item():.4f}",
-                    acc=f"{100 * sums[1].item() / sums[3].item():.2f}%",
-                    refresh=False,
-                )
-        bar.close()
-        scheduler.step()
-        if env.distributed:
-            dist_utils.sync_buffers(objective)
-        names = sorted(part_sums)
-        totals = dist_utils.all_reduce_sum(
-            torch.cat([sums, torch.tensor([part_sums[k] for k in names], dtype=torch.float64)])
-        )
-        n = totals[3].item()
-        train_time = time.perf_counter() - epoch_start
-        record: dict[str, Any] = {
-            "epoch": epoch,
-            "lr": lr,
-            "train_loss": totals[0].item() / n,
-            "train_top1": 100 * totals[1].item() / n,
-            "train_top5": 100 * totals[2].item() / n,
-            "train_images": int(n),
-            **{f"train_{k}": totals[4 + i].item() / n for i, k in enumerate(names)},
-        }
-        if epoch % run["eval_every"] == 0 or epoch == ocfg["epochs"]:
-            last_eval = evaluate(model, loaders.test, env.device, channels_last)
-            record.update(last_eval)
-        else:
-            record.update(test_loss=None, test_top1=None, test_top5=None)
-        record.update(train_time=train_time, epoch_time=time.perf_counter() - epoch_start)
-        elapsed_now = elapsed + time.perf_counter() - segment_start
-        record["elapsed"] = elapsed_now
-        rank_states = dist_utils.all_gather_objects({"rng": capture_rng_state(), "loader": loader_state(loaders)})
-        if env.is_main:
-            records.append(record)
-            write_metrics(metrics_path, record)
-            state = {
-                "format": "ukd-checkpoint",
-                "version": FORMAT_VERSION,
-                "method": method,
-                "epoch": epoch,
-                "epochs": ocfg["epochs"],
-                "elapsed": elapsed_now,
-                "model": {
-                    "name": cfg["model"]["name"],
-                    "num_classes": info["num_classes"],
-                    "in_channels": info["in_channels"],
-                    "state_dict": model.state_dict(),
-                },
-                "extra": objective.extra_state(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rank_states": rank_states,
-                "metrics": record,
-                "config": copy.deepcopy(cfg),
-                "data_info": {k: v for k, v in info.items() if k != "classes"},
-            }
-            save_checkpoint(ckpt_path, state)
-        dist_utils.barrier()
-        test_txt = (
-            f"  test top-1 {record['test_top1']:6.2f}%  top-5 {record['test_top5']:6.2f}%"
-            if record["test_top1"] is not None
-            else ""
-        )
-        say(
-            f"[{method}] epoch {epoch:3d}/{ocfg['epochs']}  loss {record['train_loss']:.4f}  "
-            f"train {record['train_top1']:6.2f}%{test_txt}  lr {lr:.4g}  {record['epoch_time']:.1f}s"
-        )
-        if run["stop_after"] is not None and epoch >= run["stop_after"] and epoch < ocfg["epochs"]:
-            finished = False
-            say(f"[{method}] stopped after epoch {epoch} (run.stop_after); continue with --resume")
+    run = _setup_run(cfg, method or cfg["distill"]["method"], warn_data)
+    _resume_run(run)
+    _wrap_data_parallel(run)
+    _announce(run)
+    run.segment_start = time.perf_counter()
+    for epoch in range(run.start_epoch, run.epochs + 1):
+        _run_epoch(run, epoch)
+        if not run.finished:
             break
-
-    wall = elapsed + time.perf_counter() - segment_start
-    if start_epoch > ocfg["epochs"]:  # already finished: report the last evaluation
-        say(f"[{method}] {ckpt_path} is already at epoch {ocfg['epochs']}; nothing to train")
-        last_eval = evaluate(model, loaders.test, env.device, channels_last)
-    final = dict(records[-1]) if records else {}
-    final.update(last_eval)
-    if run["save_rank_weights"]:
-        torch.save({k: v.detach().cpu() for k, v in objective.state_dict().items()}, out / f"weights_rank{env.rank}.pt")
-    if env.is_main:
-        if run["plot"] and records:
-            title = f"{cfg['model']['name']} [{method}] on {info['name']}"
-            plot_curves(records, out / "curves.png", title)
-        summary = {
-            "method": method,
-            "model": cfg["model"]["name"],
-            "teacher": teacher_ckpt["model"]["name"] if teacher is not None else None,
-            "teacher_test_top1": teacher_ckpt.get("metrics", {}).get("test_top1") if teacher is not None else None,
-            "finished": finished,
-            "epochs_done": records[-1]["epoch"] if records else 0,
-            "final": final,
-            "wall_time": wall,
-            "world_size": env.world_size,
-            "threads": threads,
-            "data": {k: v for k, v in info.items() if k != "classes"},
-            "config": cfg,
-        }
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-    dist_utils.barrier()
-    return RunResult(out, model, objective, records, final, wall, finished)
+    return _finish_run(run)
 
 
 def evaluate_checkpoint(
