@@ -25,8 +25,8 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ukd.op.module import UnifiedDistillLoss
 from ukd.losses import dkd_loss, dkd_warmup, kd_loss
+from ukd.op.module import UnifiedDistillLoss
 
 from .config import METHODS
 
