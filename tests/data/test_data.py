@@ -467,7 +467,7 @@ def test_crop_padding_zeros_where_expected():
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     for _ in range(10):
         top, left = t.get_params(8, 8, generator=g1)
-        assert torch.equal(t(img, g2), padded[:, top:top + 8, left:left + 8])
+        assert torch.equal(t(img, g2), padded[:, top : top + 8, left : left + 8])
 
 
 def test_batched_crop_is_per_sample():
@@ -479,7 +479,7 @@ def test_batched_crop_is_per_sample():
     assert len(set(zip(top.tolist(), left.tolist(), strict=True))) > 1
     padded = pad(batch, 2)
     for i in range(16):
-        assert torch.equal(out[i], padded[i, :, top[i]:top[i] + 6, left[i]:left[i] + 6])
+        assert torch.equal(out[i], padded[i, :, top[i] : top[i] + 6, left[i] : left[i] + 6])
 
 
 def test_flip_is_exact():

@@ -43,7 +43,16 @@ _CIFAR10_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test"
 _CIFAR100_FILES = {"train": ("train",), "test": ("test",)}
 #: Class names of CIFAR-10, in label order (the same as in ``batches.meta``).
 CIFAR10_CLASSES: tuple[str, ...] = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 )
 
 

@@ -51,7 +51,16 @@ FASHION_MNIST_FILES: dict[str, tuple[str, str]] = {
 EMBEDDED_INDEX_FILES: dict[str, str] = {"train": "train-indices-idx1-int.gz", "test": "t10k-indices-idx1-int.gz"}
 #: Class names, in label order.
 FASHION_MNIST_CLASSES: tuple[str, ...] = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 _IMAGES_MAGIC = 2051  # uint8, 3 dims
 _LABELS_MAGIC = 2049  # uint8, 1 dim

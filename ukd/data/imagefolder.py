@@ -58,7 +58,8 @@ def list_image_folder(
     samples: list[tuple[Path, int]] = []
     for name in found:
         files = sorted(
-            p for p in (root / name).iterdir()
+            p
+            for p in (root / name).iterdir()
             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
         )
         if not files:

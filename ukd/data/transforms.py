@@ -77,7 +77,7 @@ def crop(img: torch.Tensor, top: int | torch.Tensor, left: int | torch.Tensor, h
         chans = torch.arange(img.shape[1], device=img.device).view(1, -1, 1, 1)
         return img[batch, chans, rows, cols]
     top, left = int(top), int(left)
-    return img[..., top:top + height, left:left + width]
+    return img[..., top : top + height, left : left + width]
 
 
 def hflip(img: torch.Tensor) -> torch.Tensor:
