@@ -33,6 +33,8 @@ BENCH_SHAPES: dict[str, dict] = {
 }
 
 LOSS_KWARGS = ("temperature", "dist_weight", "gauss_weight", "supp_weight", "logit_weight", "logvar_bound")
+# the positional tensors of ukd_loss after the two feature lists
+SMALL_INPUTS = ("student_logits", "teacher_logits", "student_weight", "student_bias", "teacher_weight", "teacher_bias")
 
 
 @dataclass
@@ -51,41 +53,19 @@ class Case:
     noise_t: Tensor | None = None
     options: dict = field(default_factory=dict)
 
+    def _small(self) -> list[Tensor]:
+        return [getattr(self, name) for name in SMALL_INPUTS]
+
     def tensors(self) -> list[Tensor]:
-        return [
-            *self.student_feats,
-            *self.teacher_feats,
-            self.student_logits,
-            self.teacher_logits,
-            self.student_weight,
-            self.student_bias,
-            self.teacher_weight,
-            self.teacher_bias,
-        ]
+        return [*self.student_feats, *self.teacher_feats, *self._small()]
 
     def names(self) -> list[str]:
-        return [
-            *(f"student_feats[{i}]" for i in range(len(self.student_feats))),
-            *(f"teacher_feats[{i}]" for i in range(len(self.teacher_feats))),
-            "student_logits",
-            "teacher_logits",
-            "student_weight",
-            "student_bias",
-            "teacher_weight",
-            "teacher_bias",
-        ]
+        feats = [f"student_feats[{i}]" for i in range(len(self.student_feats))]
+        return [*feats, *(f"teacher_feats[{i}]" for i in range(len(self.teacher_feats))), *SMALL_INPUTS]
 
     def args(self) -> tuple:
-        return (
-            self.student_feats,
-            self.teacher_feats,
-            self.student_logits,
-            self.teacher_logits,
-            self.student_weight,
-            self.student_bias,
-            self.teacher_weight,
-            self.teacher_bias,
-        )
+        """The positional arguments of :func:`ukd.functional.ukd_loss`."""
+        return (self.student_feats, self.teacher_feats, *self._small())
 
     def kwargs(self) -> dict:
         return {"noise_s": self.noise_s, "noise_t": self.noise_t, **self.options}
@@ -243,6 +223,19 @@ def rel_err(actual: Tensor, expected: Tensor) -> float:
     scale = e.abs().max().item() if e.numel() else 0.0
     diff = (a - e).abs().max().item() if e.numel() else 0.0
     return diff / scale if scale > 0 else diff
+
+
+def module_reference(crit, student_feats, teacher_feats, student_logits, teacher_logits, noise_s=None, noise_t=None):
+    """The reference loss of a :class:`ukd.UnifiedDistillLoss` (its fusion, heads and options) on given inputs."""
+    from ukd.op import reference
+
+    if crit.fusion is not None:
+        student_feats = [crit.fusion(student_feats, teacher_feats[0].shape[-2:])]
+    heads = (*crit.student_head.parameters(), *crit.teacher_head.parameters())
+    opts = {name: getattr(crit.options, name) for name in LOSS_KWARGS}
+    return reference.unified_loss(
+        student_feats, teacher_feats, student_logits, teacher_logits, *heads, noise_s=noise_s, noise_t=noise_t, **opts
+    )
 
 
 # ------------------------------------------------------------------------------ baselines for benchmarks

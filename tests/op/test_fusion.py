@@ -9,7 +9,7 @@ from ukd import UnifiedDistillLoss
 from ukd.models import build
 from ukd.op import reference
 from ukd.op.fusion import AttentionFusion
-from ukd.testing import available_backends, make_case, rel_err
+from ukd.testing import available_backends, make_case, module_reference, rel_err
 
 BACKENDS = ["reference", *(b for b in available_backends("cpu") if b != "triton")]
 
@@ -257,28 +257,6 @@ def _inputs():
     return fs, case.teacher_feats, case.student_logits.requires_grad_(), case.teacher_logits
 
 
-def _reference_of(crit, fs, ft, ls, lt, noise_s=None, noise_t=None):
-    fused = crit.fusion(fs, ft[0].shape[-2:])
-    return reference.unified_loss(
-        [fused],
-        ft,
-        ls,
-        lt,
-        crit.student_head.weight,
-        crit.student_head.bias,
-        crit.teacher_head.weight,
-        crit.teacher_head.bias,
-        noise_s=noise_s,
-        noise_t=noise_t,
-        temperature=crit.temperature,
-        dist_weight=crit.dist_weight,
-        gauss_weight=crit.gauss_weight,
-        supp_weight=crit.supp_weight,
-        logit_weight=crit.logit_weight,
-        logvar_bound=crit.logvar_bound,
-    )
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("train", [False, True])
 def test_abf_loss_matches_reference(backend, train):
@@ -303,7 +281,7 @@ def test_abf_loss_matches_reference(backend, train):
     if train:
         torch.manual_seed(7)
         noise_s, noise_t = torch.randn(3, K, dtype=torch.float64), torch.randn(3, K, dtype=torch.float64)
-    expected, comps = _reference_of(crit, fs, ft, ls, lt, noise_s, noise_t)
+    expected, comps = module_reference(crit, fs, ft, ls, lt, noise_s, noise_t)
     expected_grads = torch.autograd.grad(expected, wrt)
 
     assert rel_err(loss, expected) <= 1e-10

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from ukd import UnifiedDistillLoss
-from ukd.op import reference
-from ukd.testing import make_case, rel_err
+from ukd.testing import make_case, module_reference, rel_err
 
 STUDENT, TEACHER, K = [4, 6], [5, 3], 7
 
@@ -13,28 +12,6 @@ STUDENT, TEACHER, K = [4, 6], [5, 3], 7
 def _inputs(batch=3, dtype=torch.float32):
     case = make_case(batch, K, [(4, 3, 3), (6, 2, 2)], [(5, 3, 3), (3,)], dtype=dtype)
     return case.student_feats, case.teacher_feats, case.student_logits, case.teacher_logits
-
-
-def _reference_of(crit, inputs, noise_s=None, noise_t=None):
-    fs, ft, ls, lt = inputs
-    return reference.unified_loss(
-        fs,
-        ft,
-        ls,
-        lt,
-        crit.student_head.weight,
-        crit.student_head.bias,
-        crit.teacher_head.weight,
-        crit.teacher_head.bias,
-        noise_s=noise_s,
-        noise_t=noise_t,
-        temperature=crit.temperature,
-        dist_weight=crit.dist_weight,
-        gauss_weight=crit.gauss_weight,
-        supp_weight=crit.supp_weight,
-        logit_weight=crit.logit_weight,
-        logvar_bound=crit.logvar_bound,
-    )
 
 
 def test_heads_and_init():
@@ -50,7 +27,7 @@ def test_eval_uses_means_and_matches_reference(fused_backend):
     crit = UnifiedDistillLoss(STUDENT, TEACHER, K, gauss_weight=0.5, backend=fused_backend).double().eval()
     inputs = _inputs(dtype=torch.float64)
     loss = crit(*inputs)
-    expected, comps = _reference_of(crit, inputs)
+    expected, comps = module_reference(crit, *inputs)
     assert rel_err(loss, expected) <= 1e-10
     for name, value in comps.items():
         assert rel_err(crit.last_components[name], value) <= 1e-10
@@ -64,7 +41,7 @@ def test_train_mode_samples_with_torch_rng(fused_backend):
     torch.manual_seed(123)
     noise_s = torch.randn(3, K, dtype=torch.float64)
     noise_t = torch.randn(3, K, dtype=torch.float64)
-    expected, _ = _reference_of(crit, inputs, noise_s, noise_t)
+    expected, _ = module_reference(crit, *inputs, noise_s, noise_t)
     assert rel_err(loss, expected) <= 1e-10
     assert rel_err(loss, crit.eval()(*inputs)) > 1e-6  # the sample really moved z
 
@@ -107,7 +84,7 @@ def test_torch_compile_matches_reference(fused_backend):
     fs64 = [f.detach().double().requires_grad_() for f in fs]
     ls64 = ls.detach().double().requires_grad_()
     ref = crit.double()
-    expected, _ = _reference_of(ref, (fs64, [f.double() for f in ft], ls64, lt.double()))
+    expected, _ = module_reference(ref, fs64, [f.double() for f in ft], ls64, lt.double())
     ref_grads = torch.autograd.grad(expected, [*fs64, ls64, *ref.parameters()])
     assert rel_err(loss, expected) <= 2e-4
     for g, r in zip(grads, ref_grads):
@@ -121,5 +98,5 @@ def test_torch_compile_dynamic_shapes(fused_backend):
     compiled = torch.compile(crit, dynamic=True, fullgraph=True)
     for batch in (2, 5):
         inputs = _inputs(batch=batch)
-        expected, _ = _reference_of(crit, inputs)
+        expected, _ = module_reference(crit, *inputs)
         assert rel_err(compiled(*inputs), expected) <= 2e-4

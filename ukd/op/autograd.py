@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from ukd.op import backends, reference
-from ukd.op.options import FeatureSpec, ForwardOutputs, Head, HeadGrads, LossOptions, Network, Saved
+from ukd.op.options import COMPONENTS, FeatureSpec, ForwardOutputs, Head, HeadGrads, LossOptions, Network, Saved
 from ukd.op.validation import Prepared, check_finite_inputs
 
 __all__ = ["UnifiedLoss", "compute"]
@@ -271,13 +271,8 @@ def _reference(prepared: Prepared) -> tuple[Tensor, Tensor]:
             *teacher.head,
             noise_s=student.noise,
             noise_t=teacher.noise,
-            temperature=options.temperature,
-            dist_weight=options.dist_weight,
-            gauss_weight=options.gauss_weight,
-            supp_weight=options.supp_weight,
-            logit_weight=options.logit_weight,
-            logvar_bound=options.logvar_bound,
+            **{name: getattr(options, name) for name in _OPTION_NAMES},
         )
     if options.check_finite and not bool(torch.isfinite(loss)):
         raise FloatingPointError(f"ukd_loss: every input is finite but the loss is {float(loss)}")
-    return loss, torch.stack([components[name] for name in ("dist", "gauss", "supp", "logit")]).detach()
+    return loss, torch.stack([components[name] for name in COMPONENTS]).detach()

@@ -10,7 +10,7 @@ from ukd.op.autograd import compute
 from ukd.op.options import COMPONENTS, Head, LossOptions
 from ukd.op.validation import prepare
 
-__all__ = ["COMPONENTS", "ukd_loss", "unified_loss"]
+__all__ = ["COMPONENTS", "ukd_loss"]
 
 
 def ukd_loss(
@@ -58,45 +58,11 @@ def ukd_loss(
         computes in float32); double backward needs ``backend="reference"``.
     """
     options = LossOptions(temperature, dist_weight, gauss_weight, supp_weight, logit_weight, logvar_bound, check_finite)
-    loss, components = unified_loss(
-        student_feats,
-        teacher_feats,
-        student_logits,
-        teacher_logits,
-        Head(student_weight, student_bias),
-        Head(teacher_weight, teacher_bias),
-        (noise_s, noise_t),
-        options,
-        backend,
+    heads = (Head(student_weight, student_bias), Head(teacher_weight, teacher_bias))
+    noise = (noise_s, noise_t)
+    loss, components = compute(
+        prepare(student_feats, teacher_feats, student_logits, teacher_logits, *heads, noise, options, backend)
     )
     if not return_components:
         return loss
     return loss, dict(zip(COMPONENTS, components.unbind(0), strict=True))
-
-
-def unified_loss(
-    student_feats: Sequence[Tensor],
-    teacher_feats: Sequence[Tensor],
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    student_head: Head,
-    teacher_head: Head,
-    noise: tuple[Tensor | None, Tensor | None],
-    options: LossOptions,
-    backend: str,
-) -> tuple[Tensor, Tensor]:
-    """:func:`ukd_loss` with the loss's scalars as one :class:`~ukd.op.options.LossOptions`: ``(loss, components)``,
-    components ``(4,)`` in :data:`~ukd.op.options.COMPONENTS` order (detached)."""
-    return compute(
-        prepare(
-            student_feats,
-            teacher_feats,
-            student_logits,
-            teacher_logits,
-            student_head,
-            teacher_head,
-            noise,
-            options,
-            backend,
-        )
-    )

@@ -9,9 +9,10 @@ from dataclasses import fields
 import torch
 from torch import Tensor, nn
 
-from ukd.op.functional import unified_loss
+from ukd.op.autograd import compute
 from ukd.op.fusion import AttentionFusion
 from ukd.op.options import COMPONENTS, Head, LossOptions
+from ukd.op.validation import prepare
 
 _OPTION_NAMES = frozenset(f.name for f in fields(LossOptions))
 
@@ -125,17 +126,15 @@ class UnifiedDistillLoss(nn.Module):
             dtype = torch.float64 if student_logits.dtype == torch.float64 else torch.float32
             noise_s = torch.randn(student_logits.shape, dtype=dtype, device=student_logits.device)
             noise_t = torch.randn(student_logits.shape, dtype=dtype, device=student_logits.device)
-        loss, components = unified_loss(
-            student_feats,
-            teacher_feats,
-            student_logits,
-            teacher_logits,
+        heads = (
             Head(self.student_head.weight, self.student_head.bias),
             Head(self.teacher_head.weight, self.teacher_head.bias),
-            (noise_s, noise_t),
-            self.options,
-            self.backend,
         )
+        noise = (noise_s, noise_t)
+        prepared = prepare(
+            student_feats, teacher_feats, student_logits, teacher_logits, *heads, noise, self.options, self.backend
+        )
+        loss, components = compute(prepared)
         self.last_components = dict(zip(COMPONENTS, components.unbind(0), strict=True))
         return loss
 

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ukd.op.options import COMPONENTS, LossOptions
+
 __all__ = [
     "pool_stages",
     "distribution_params",
@@ -73,18 +75,15 @@ def unified_loss(
     *,
     noise_s: Tensor | None = None,
     noise_t: Tensor | None = None,
-    temperature: float = 4.0,
-    dist_weight: float = 1.0,
-    gauss_weight: float = 0.0,
-    supp_weight: float = 1.0,
-    logit_weight: float = 1.0,
-    logvar_bound: float = 10.0,
+    **options: float,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The UKD loss of ``docs/loss.md`` (W), computed in the dtype of its (promoted) inputs.
 
-    Returns:
-        ``(loss, {"dist", "gauss", "supp", "logit"})``, all 0-dim tensors.
+    ``options`` are the fields of :class:`~ukd.op.options.LossOptions` (``temperature``, the four weights,
+    ``logvar_bound``), defaults where left out. Returns ``(loss, {"dist", "gauss", "supp", "logit"})``, all 0-dim.
     """
+    o = LossOptions(**options)
+    temperature, logvar_bound = o.temperature, o.logvar_bound
     mu_s, logvar_s = distribution_params(pool_stages(student_feats), student_weight, student_bias, logvar_bound)
     mu_t, logvar_t = distribution_params(pool_stages(teacher_feats), teacher_weight, teacher_bias, logvar_bound)
     z_s = mu_s if noise_s is None else mu_s + (logvar_s / 2).exp() * noise_s
@@ -96,10 +95,5 @@ def unified_loss(
         "supp": kl_softmax(student_logits, z_s, temperature) + kl_softmax(teacher_logits, z_t, temperature),
         "logit": kl_softmax(teacher_logits, student_logits, temperature),
     }
-    loss = (
-        dist_weight * components["dist"]
-        + gauss_weight * components["gauss"]
-        + supp_weight * components["supp"]
-        + logit_weight * components["logit"]
-    )
+    loss = sum(weight * components[name] for name, weight in zip(COMPONENTS, o.weights))
     return loss, components
