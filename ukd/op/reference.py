@@ -64,14 +64,14 @@ def gaussian_kl(mu_t: Tensor, logvar_t: Tensor, mu_s: Tensor, logvar_s: Tensor) 
 
 
 def unified_loss(
-    student_feats: Sequence[Tensor],
-    teacher_feats: Sequence[Tensor],
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    student_weight: Tensor,
-    student_bias: Tensor,
-    teacher_weight: Tensor,
-    teacher_bias: Tensor,
+    feats_s: Sequence[Tensor],
+    feats_t: Sequence[Tensor],
+    logits_s: Tensor,
+    logits_t: Tensor,
+    weight_s: Tensor,
+    bias_s: Tensor,
+    weight_t: Tensor,
+    bias_t: Tensor,
     *,
     noise_s: Tensor | None = None,
     noise_t: Tensor | None = None,
@@ -84,16 +84,16 @@ def unified_loss(
     """
     o = LossOptions(**options)
     temperature, logvar_bound = o.temperature, o.logvar_bound
-    mu_s, logvar_s = distribution_params(pool_stages(student_feats), student_weight, student_bias, logvar_bound)
-    mu_t, logvar_t = distribution_params(pool_stages(teacher_feats), teacher_weight, teacher_bias, logvar_bound)
+    mu_s, logvar_s = distribution_params(pool_stages(feats_s), weight_s, bias_s, logvar_bound)
+    mu_t, logvar_t = distribution_params(pool_stages(feats_t), weight_t, bias_t, logvar_bound)
     z_s = mu_s if noise_s is None else mu_s + (logvar_s / 2).exp() * noise_s
     z_t = mu_t if noise_t is None else mu_t + (logvar_t / 2).exp() * noise_t
 
     components = {
         "dist": kl_softmax(z_t, z_s, temperature),
         "gauss": gaussian_kl(mu_t, logvar_t, mu_s, logvar_s),
-        "supp": kl_softmax(student_logits, z_s, temperature) + kl_softmax(teacher_logits, z_t, temperature),
-        "logit": kl_softmax(teacher_logits, student_logits, temperature),
+        "supp": kl_softmax(logits_s, z_s, temperature) + kl_softmax(logits_t, z_t, temperature),
+        "logit": kl_softmax(logits_t, logits_s, temperature),
     }
     loss = sum(weight * components[name] for name, weight in zip(COMPONENTS, o.weights))
     return loss, components
