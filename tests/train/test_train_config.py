@@ -25,7 +25,7 @@ from ukd.train.config import (
         ("run.quiet=true", "run.quiet", True),
         ("data.train_subset=null", "data.train_subset", None),
         ("optim.milestones=[3, 5]", "optim.milestones", [3, 5]),
-        ("distill.ukd.op.fusion=pool", "distill.ukd.op.fusion", "pool"),
+        ("distill.ukd.fusion=pool", "distill.ukd.fusion", "pool"),
         ("output_dir=runs/a=b", "output_dir", "runs/a=b"),  # only the first '=' splits
         (" seed = 3", "seed", 3),
     ],

@@ -20,15 +20,37 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="to
 def test_two_processes_train_identical_replicas(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     overrides = [
-        "data.train_subset=64", "data.test_subset=50", "data.batch_size=16", "data.eval_batch_size=25",
-        "run.save_rank_weights=true", "optim.lr=0.02", "distill.ukd.op.fusion=abf",
-    ]  # fmt: skip
+        "data.train_subset=64",
+        "data.test_subset=50",
+        "data.batch_size=16",
+        "data.eval_batch_size=25",
+        "run.save_rank_weights=true",
+        "optim.lr=0.02",
+        "distill.ukd.fusion=abf",
+    ]
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "ukd", "demo", "-o", str(out), "--teacher-model", "resnet8", "--teacher-epochs", "1",
-        "--epochs", "2", "--methods", "ce,ukd", "--quiet",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "ukd",
+        "demo",
+        "-o",
+        str(out),
+        "--teacher-model",
+        "resnet8",
+        "--teacher-epochs",
+        "1",
+        "--epochs",
+        "2",
+        "--methods",
+        "ce,ukd",
+        "--quiet",
         *[a for o in overrides for a in ("--set", o)],
-    ]  # fmt: skip
+    ]
     env = dict(os.environ, GLOO_SOCKET_IFNAME=os.environ.get("GLOO_SOCKET_IFNAME", "lo"), OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

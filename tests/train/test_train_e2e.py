@@ -57,7 +57,7 @@ def test_train_teacher_writes_its_files(teacher_ckpt: Path) -> None:
 def test_distill_and_evaluate(method: str, teacher_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / method
     args = ["distill", "--method", method, "-t", str(teacher_ckpt), "--epochs", "2", "-o", str(out), *TINY_ARGS]
-    assert main([*args, "--set", "distill.ukd.op.fusion=abf"]) == 0
+    assert main([*args, "--set", "distill.ukd.fusion=abf"]) == 0
     records = read_metrics(out / "metrics.jsonl")
     assert [r["epoch"] for r in records] == [1, 2]
     assert "train_logit" in records[0]
@@ -86,7 +86,7 @@ def _state(path: Path) -> dict[str, torch.Tensor]:
 
 def test_resume_is_bit_exact(teacher_ckpt: Path, tmp_path: Path) -> None:
     """ukd (noise sampling, heads, fusion) with augmentation: stop after epoch 1 of 3 and resume == straight run."""
-    common = [*TINY, f"teacher.checkpoint={teacher_ckpt}", "distill.method=ukd", "distill.ukd.op.fusion=abf"]
+    common = [*TINY, f"teacher.checkpoint={teacher_ckpt}", "distill.method=ukd", "distill.ukd.fusion=abf"]
     common += ["optim.epochs=3", "optim.schedule=step", "optim.milestones=[2]", "distill.dkd.warmup=3"]
     straight = train(load_config(None, [*common, f"output_dir={tmp_path / 'a'}"]))
     assert straight.finished

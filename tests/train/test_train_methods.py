@@ -89,10 +89,24 @@ def test_ukd_total_is_ce_plus_logit_plus_ukd_components(logit: str) -> None:
     noise_s, noise_t = torch.randn(6, K), torch.randn(6, K)  # drawn by the module in this order
     head_s, head_t = obj.ukd.student_head, obj.ukd.teacher_head
     u, comps = ukd_loss(
-        s_feats, t_feats, s_logits, t_logits, head_s.weight, head_s.bias, head_t.weight, head_t.bias,
-        noise_s=noise_s, noise_t=noise_t, temperature=4.0, dist_weight=1.0, gauss_weight=0.3, supp_weight=0.7,
-        logit_weight=0.0, backend="reference", return_components=True,
-    )  # fmt: skip
+        s_feats,
+        t_feats,
+        s_logits,
+        t_logits,
+        head_s.weight,
+        head_s.bias,
+        head_t.weight,
+        head_t.bias,
+        noise_s=noise_s,
+        noise_t=noise_t,
+        temperature=4.0,
+        dist_weight=1.0,
+        gauss_weight=0.3,
+        supp_weight=0.7,
+        logit_weight=0.0,
+        backend="reference",
+        return_components=True,
+    )
     ce = F.cross_entropy(s_logits, y)
     if logit == "dkd":
         logit_term = dkd_warmup(epoch, 2) * dkd_loss(s_logits, t_logits, y, 1.0, 2.0, 4.0)
@@ -114,7 +128,7 @@ def test_ukd_abf_trains_heads_and_fusion_not_teacher() -> None:
     student, teacher, x, y = _nets()
     cfg = _cfg(ukd__fusion="abf", ukd__backend="auto")
     obj = build_objective(student, "ukd", cfg, K, teacher)
-    assert obj.ukd is not None and obj.ukd.op.fusion is not None
+    assert obj.ukd is not None and obj.ukd.fusion is not None
     t_logits, t_feats = teacher(x)
     loss, _, _ = obj(x, y, t_logits, t_feats, epoch=30)
     loss.backward()

@@ -5,7 +5,7 @@ one before::
 
     DEFAULTS  <-  YAML file (--config)  <-  explicit flags (--epochs, --lr, ...)  <-  --set key=value, in order
 
-Keys are dotted paths into the nesting (``optim.lr``, ``distill.ukd.op.fusion``). Values given on the command line are
+Keys are dotted paths into the nesting (``optim.lr``, ``distill.ukd.fusion``). Values given on the command line are
 parsed as YAML scalars or flow sequences (``0.1``, ``true``, ``null``, ``[30, 60]``). A key that is not in
 :data:`DEFAULTS` is an error that lists the valid keys of its section, so typos never pass silently.
 """
@@ -122,7 +122,7 @@ _FREE_KEYS = {
 _CHOICES: dict[str, tuple[str, ...]] = {
     "distill.method": METHODS,
     "distill.ukd.logit": ("dkd", "kd", "none"),
-    "distill.ukd.op.fusion": ("abf", "pool"),
+    "distill.ukd.fusion": ("abf", "pool"),
     "optim.schedule": ("step", "cosine", "constant"),
     "run.device": ("auto", "cpu", "cuda"),
     "distill.ukd.backend": ("auto", "reference", "cpu", "cuda", "triton"),
