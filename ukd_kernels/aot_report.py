@@ -3,9 +3,10 @@
     python -m ukd_kernels.aot_report [--jobs N]
 
 No GPU is needed: ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cap, 32))`` runs the whole pipeline
-down to a cubin. For each kernel, each configuration its launcher can choose (the ``*_CONFIG(S)`` tables of
-:mod:`ukd_kernels.unified_loss`), each constexpr variant (``HAS_NOISE``) and, for the kernels that read or write
-feature maps, fp32 and bf16 features, it reports
+down to a cubin. For each kernel (:data:`KERNELS`), each configuration its launcher can choose (the
+``*_CONFIG(S)`` tables of :mod:`ukd_kernels.pool`, :mod:`ukd_kernels.head` and :mod:`ukd_kernels.head_backward`),
+each constexpr variant (``HAS_NOISE``) and, for the kernel that reads feature maps, fp32 and bf16 features, it
+reports
 
 * registers, stack and local memory per thread, from the cubin (``cuobjdump -res-usage``);
 * spill stores/loads, from ``ptxas -v`` re-run on the kernel's PTX with the flags Triton uses;
@@ -33,7 +34,18 @@ os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 import triton
 from triton.backends.compiler import GPUTarget
 
-from ukd_kernels import unified_loss as U
+from ukd_kernels import head, head_backward, pool
+
+# every kernel of the Triton backend, by name (what the launchers of unified_loss run)
+KERNELS = {
+    "_pool_fwd_kernel": pool._pool_fwd_kernel,
+    "_head_fwd_kernel": head._head_fwd_kernel,
+    "_row_stats_kernel": head._row_stats_kernel,
+    "_finalize_kernel": head._finalize_kernel,
+    "_head_grad_kernel": head._head_grad_kernel,
+    "_head_wgrad_kernel": head_backward._head_wgrad_kernel,
+    "_head_pgrad_kernel": head_backward._head_pgrad_kernel,
+}
 
 ARCHS = (80, 90)
 FEATURE_DTYPES = ("fp32", "bf16")
@@ -76,41 +88,41 @@ def jobs() -> list[Job]:
     out: list[Job] = []
     for arch in ARCHS:
         for feat in FEATURE_DTYPES:
-            for name, cfg in U.POOL_CONFIGS.items():
+            for name, cfg in pool.POOL_CONFIGS.items():
                 cx = (("ROWS", cfg.ROWS), ("BLOCK_HW", cfg.BLOCK_HW), ("CL_HW", cfg.CL_HW), ("BLOCK_C", cfg.BLOCK_C))
                 ints = ("num_stages", "batch", "pooled_stride")
-                out.append(Job("_pool_fwd_kernel", name, feat, arch, cx, ints,
-                               (("table", "*i64"), ("feat0", f"*{feat}")), cfg.num_warps))  # fmt: skip
-                ints = ("num_stages", "batch", "gp_stride")
-                out.append(Job("_pool_bwd_kernel", name, feat, arch, cx, ints,
-                               (("table", "*i64"), ("feat0", f"*{feat}")), cfg.num_warps))  # fmt: skip
-        for name, cfg in U.HEAD_FWD_CONFIGS.items():
+                ptrs = (("table", "*i64"), ("feat0", f"*{feat}"))
+                out.append(Job("_pool_fwd_kernel", name, feat, arch, cx, ints, ptrs, cfg.num_warps))
+        for name, cfg in head.HEAD_FWD_CONFIGS.items():
             for noise in (False, True):
-                cx = (("HAS_NOISE", noise), ("BLOCK_B", cfg.BLOCK_B), ("BLOCK_K", cfg.BLOCK_K),
-                      ("BLOCK_C", cfg.BLOCK_C), ("PRECISION", "tf32x3"))  # fmt: skip
+                cx = (
+                    ("HAS_NOISE", noise),
+                    ("BLOCK_B", cfg.BLOCK_B),
+                    ("BLOCK_K", cfg.BLOCK_K),
+                    ("BLOCK_C", cfg.BLOCK_C),
+                    ("PRECISION", "tf32x3"),
+                )
                 ints = ("batch", "k", "chans_s", "chans_t", "n_ktiles")
                 label = f"{name}{'-noise' if noise else ''}"
                 out.append(Job("_head_fwd_kernel", label, "-", arch, cx, ints, (), cfg.num_warps, cfg.num_stages))
-        r = U.ROW_STATS_CONFIG
-        out.append(Job("_row_stats_kernel", "default", "-", arch,
-                       (("BLOCK_B", r["BLOCK_B"]), ("BLOCK_T", r["BLOCK_T"])), ("batch", "n_ktiles"), (),
-                       r["num_warps"]))  # fmt: skip
-        f = U.FINALIZE_CONFIG
-        out.append(Job("_finalize_kernel", "default", "-", arch, (("BLOCK_B", f["BLOCK_B"]),), ("batch",), (),
-                       f["num_warps"]))  # fmt: skip
-        g = U.HEAD_GRAD_CONFIG
+        r = head.ROW_STATS_CONFIG
+        cx = (("BLOCK_B", r["BLOCK_B"]), ("BLOCK_T", r["BLOCK_T"]))
+        out.append(Job("_row_stats_kernel", "default", "-", arch, cx, ("batch", "n_ktiles"), (), r["num_warps"]))
+        f = head.FINALIZE_CONFIG
+        cx = (("BLOCK_B", f["BLOCK_B"]),)
+        out.append(Job("_finalize_kernel", "default", "-", arch, cx, ("batch",), (), f["num_warps"]))
+        g = head.HEAD_GRAD_CONFIG
         for noise in (False, True):
             cx = (("HAS_NOISE", noise), ("BLOCK_B", g.BLOCK_B), ("BLOCK_K", g.BLOCK_K))
-            out.append(Job("_head_grad_kernel", "default-noise" if noise else "default", "-", arch, cx,
-                           ("batch", "k"), (), g.num_warps))  # fmt: skip
-        w = U.WGRAD_CONFIG
+            label = "default-noise" if noise else "default"
+            out.append(Job("_head_grad_kernel", label, "-", arch, cx, ("batch", "k"), (), g.num_warps))
+        w = head_backward.WGRAD_CONFIG
         cx = (("BLOCK_N", w["BLOCK_N"]), ("BLOCK_C", w["BLOCK_C"]), ("BLOCK_B", w["BLOCK_B"]), ("PRECISION", "tf32x3"))
-        out.append(Job("_head_wgrad_kernel", "default", "-", arch, cx, ("batch", "n_out", "chans"), (),
-                       w["num_warps"], w["num_stages"]))  # fmt: skip
-        p = U.PGRAD_CONFIG
+        ints = ("batch", "n_out", "chans")
+        out.append(Job("_head_wgrad_kernel", "default", "-", arch, cx, ints, (), w["num_warps"], w["num_stages"]))
+        p = head_backward.PGRAD_CONFIG
         cx = (("BLOCK_B", p["BLOCK_B"]), ("BLOCK_C", p["BLOCK_C"]), ("BLOCK_N", p["BLOCK_N"]), ("PRECISION", "tf32x3"))
-        out.append(Job("_head_pgrad_kernel", "default", "-", arch, cx, ("batch", "n_out", "chans"), (),
-                       p["num_warps"], p["num_stages"]))  # fmt: skip
+        out.append(Job("_head_pgrad_kernel", "default", "-", arch, cx, ints, (), p["num_warps"], p["num_stages"]))
     return out
 
 
@@ -132,7 +144,7 @@ def compile_job(job: Job) -> Result:
     """Compile one job and read its resources; errors are returned in ``Result.error``, never raised."""
     res = Result(job)
     try:
-        kernel = getattr(U, job.kernel)
+        kernel = KERNELS[job.kernel]
         constexprs = dict(job.constexprs)
         ptr_types = dict(job.ptr_types)
         signature, attrs = {}, {}
@@ -163,11 +175,9 @@ def compile_job(job: Job) -> Result:
                 fh.write(compiled.asm["ptx"])
             from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
 
-            log = subprocess.run(
-                [get_ptxas(job.arch).path, "-lineinfo", "-v", "--regAllocOptLevel=2",
-                 f"--gpu-name={sm_arch_from_capability(job.arch)}", ptx, "-o", os.path.join(tmp, "k.o")],
-                capture_output=True, text=True, check=True,
-            )  # fmt: skip
+            ptxas = [get_ptxas(job.arch).path, "-lineinfo", "-v", "--regAllocOptLevel=2"]
+            ptxas += [f"--gpu-name={sm_arch_from_capability(job.arch)}", ptx, "-o", os.path.join(tmp, "k.o")]
+            log = subprocess.run(ptxas, capture_output=True, text=True, check=True)
             spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log.stdout + log.stderr)
             if spills is None:
                 raise RuntimeError(f"cannot parse ptxas -v output:\n{log.stdout}{log.stderr}")
@@ -208,14 +218,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     todo = jobs()
     if args.jobs > 1:
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            results = list(pool.map(compile_job, todo))
+        with ProcessPoolExecutor(max_workers=args.jobs) as executor:
+            results = list(executor.map(compile_job, todo))
     else:
         results = [compile_job(j) for j in todo]
     print(table(results))
     bad = [r for r in results if not r.ok]
-    print(f"\n{len(results)} compiles for sm_{', sm_'.join(map(str, ARCHS))}; triton {triton.__version__}; "
-          f"{len(bad)} with an error, a spill or local memory")  # fmt: skip
+    archs = ", sm_".join(map(str, ARCHS))
+    summary = f"{len(results)} compiles for sm_{archs}; triton {triton.__version__}; {len(bad)} with an error"
+    print(f"\n{summary}, a spill or local memory")
     return 1 if bad else 0
 
 

@@ -2,13 +2,16 @@
 
     python -m ukd_kernels.roofline            # markdown tables, as in docs/roofline.md
 
-Nothing here runs a kernel: the numbers follow from the shapes alone (no GPU was used).
+Nothing here runs a kernel: the numbers follow from the shapes alone (no GPU was used). The tile sizes and the
+statistics record come from the kernels' own tables (:mod:`ukd_kernels.head`), so the estimate follows them.
 """
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+
+from ukd_kernels import head
 
 # H100 SXM round numbers used throughout (estimates, not measurements)
 HBM_BYTES_PER_S = 3.0e12
@@ -59,11 +62,11 @@ class Estimate:
         return self.gemm_flops / rate * 1e6
 
 
-def estimate(shape: Shape, feat_bytes: int, block_k: int = 64) -> Estimate:
+def estimate(shape: Shape, feat_bytes: int, block_k: int | None = None) -> Estimate:
     """The traffic every implementation needs, and what this one adds (``overhead``).
 
     Must move: student and teacher features read once; student feature gradients written once (the teacher is
-    frozen); both heads read in forward, the student head read again for ``dp = dy·W`` and both head gradients
+    frozen; the op itself returns them as broadcast views of ``dp``, so this is the consumer's bound); both heads read in forward, the student head read again for ``dp = dy·W`` and both head gradients
     written; logits and noise read, logit gradients written (fp32, B×K each).
     Overhead of this implementation: ``[μ; r]`` written by the head kernel, read and overwritten with its gradient,
     read again by the two backward GEMMs (per network); the per-(row, K tile) statistics; the pooled features.
@@ -78,8 +81,11 @@ def estimate(shape: Shape, feat_bytes: int, block_k: int = 64) -> Estimate:
     heads = (head_s + head_t) + head_s + (head_s + head_t)
     small = 2 * b * k * f32 * 3
     y = 2 * b * k * f32
+    if block_k is None:
+        block_k = head.HEAD_FWD_CONFIGS[head.head_config(b)].BLOCK_K
     n_ktiles = -(-k // block_k)
-    overhead = 2 * (y + 2 * y + 2 * y) + 2 * b * n_ktiles * 16 * f32 + 2 * (b * cs + b * ct) * f32
+    stats = 2 * b * n_ktiles * head.NSTAT.value * f32  # written by _head_fwd_kernel, read by _row_stats_kernel
+    overhead = 2 * (y + 2 * y + 2 * y) + stats + 2 * (b * cs + b * ct) * f32
     flops = 2 * b * 2 * k * (cs + ct) + 2 * b * 2 * k * (cs + ct) + 2 * b * 2 * k * cs
     return Estimate(shape, feat_bytes, (elems_s + elems_t) * feat_bytes, elems_s * feat_bytes, heads, small,
                     overhead, flops)  # fmt: skip
