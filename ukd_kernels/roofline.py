@@ -66,8 +66,9 @@ def estimate(shape: Shape, feat_bytes: int, block_k: int | None = None) -> Estim
     """The traffic every implementation needs, and what this one adds (``overhead``).
 
     Must move: student and teacher features read once; student feature gradients written once (the teacher is
-    frozen; the op itself returns them as broadcast views of ``dp``, so this is the consumer's bound); both heads read in forward, the student head read again for ``dp = dy·W`` and both head gradients
-    written; logits and noise read, logit gradients written (fp32, B×K each).
+    frozen; the op itself returns them as broadcast views of ``dp``, so this is the consumer's bound); both heads
+    read in forward, the student head read again for ``dp = dy·W`` and both head gradients written; logits and
+    noise read, logit gradients written (fp32, B×K each).
     Overhead of this implementation: ``[μ; r]`` written by the head kernel, read and overwritten with its gradient,
     read again by the two backward GEMMs (per network); the per-(row, K tile) statistics; the pooled features.
     Flops: forward ``2·B·2K·ΣC`` per network, backward ``dW`` for both heads and ``dp`` for the student.
