@@ -223,9 +223,10 @@ def _reexec_with_passive_openmp() -> None:
     for a descheduled spinner. On the 2-core machines of this project one busy neighbour made a 2-thread epoch
     15-40x slower (61-77 s instead of 2-5 s); with the passive policy the same epoch took 2.7-5.3 s. The variable
     is read when libgomp loads, i.e. when torch is imported, which happens before this code runs, hence the
-    re-execution (same process id, same arguments; skipped when ``UKD_NO_REEXEC=1``).
+    re-execution (same process id, same arguments). A policy already set in the environment (``ACTIVE`` too) is
+    left as it is, with no re-execution.
     """
-    if "OMP_WAIT_POLICY" in os.environ or os.environ.get("UKD_NO_REEXEC") == "1":
+    if "OMP_WAIT_POLICY" in os.environ:
         return
     orig = getattr(sys, "orig_argv", None)
     if not orig or not sys.executable:
