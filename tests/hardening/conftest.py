@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
 from hardening_support import TALLY, TALLY_ENV
 from hypothesis import HealthCheck, settings
+
+# test_hardening_bad_input.py imports tests/op/test_validation.py as ``test_validation`` (its list of errors is the
+# one maintained there). pytest's default ``prepend`` import mode puts a test file's directory on sys.path only when
+# it collects that file, so ``python -m pytest tests/hardening`` alone would not find it: put tests/op there too.
+# Under ``python -m pytest tests`` both routes import the same file under the same name, so pytest sees one module.
+_OP_TESTS = str(Path(__file__).resolve().parents[1] / "op")
+if _OP_TESTS not in sys.path:
+    sys.path.insert(0, _OP_TESTS)
 
 _COMMON = {
     "deadline": None,

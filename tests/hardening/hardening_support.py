@@ -14,15 +14,14 @@ import sys
 import tempfile
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 from torch import Tensor
 
-from ukd.functional import ukd_loss
-from ukd.testing import available_backends
+from ukd.testing import Case, available_backends
 
 REPO = Path(__file__).resolve().parents[2]
 CHILD_ENV = "UKD_HARDENING_CHILD"  # set in the subprocess that runs a Triton test under the interpreter
@@ -60,67 +59,9 @@ def max_abs(e: Tensor) -> float:
 
 
 # --------------------------------------------------------------------------------------------- one call
-@dataclass
-class Inputs:
-    """Every argument of ``ukd_loss``; ``grads`` asks for the gradient of the tensors that require it."""
-
-    feats_s: list[Tensor]
-    feats_t: list[Tensor]
-    logits_s: Tensor
-    logits_t: Tensor
-    weight_s: Tensor
-    bias_s: Tensor
-    weight_t: Tensor
-    bias_t: Tensor
-    noise_s: Tensor | None = None
-    noise_t: Tensor | None = None
-    options: dict = field(default_factory=dict)
-
-    def tensors(self) -> list[Tensor]:
-        return [*self.feats_s, *self.feats_t, self.logits_s, self.logits_t, self.weight_s, self.bias_s,
-                self.weight_t, self.bias_t]  # fmt: skip
-
-    def names(self) -> list[str]:
-        return [*(f"student_feats[{i}]" for i in range(len(self.feats_s))),
-                *(f"teacher_feats[{i}]" for i in range(len(self.feats_t))),
-                "student_logits", "teacher_logits", "student_weight", "student_bias", "teacher_weight",
-                "teacher_bias"]  # fmt: skip
-
-    def compute_dtype(self) -> torch.dtype:
-        everything = [*self.tensors(), *(n for n in (self.noise_s, self.noise_t) if n is not None)]
-        return torch.float64 if any(t.dtype == torch.float64 for t in everything) else torch.float32
-
-    def exact(self) -> Inputs:
-        """The same values in float64, detached, with the same ``requires_grad`` pattern."""
-
-        def up(t: Tensor | None) -> Tensor | None:
-            if t is None:
-                return None
-            return t.detach().to(torch.float64).requires_grad_(t.requires_grad)
-
-        return Inputs([up(f) for f in self.feats_s], [up(f) for f in self.feats_t],
-                      *(up(t) for t in (self.logits_s, self.logits_t, self.weight_s, self.bias_s, self.weight_t,
-                                        self.bias_t, self.noise_s, self.noise_t)),
-                      options=dict(self.options))  # fmt: skip
-
-
-@dataclass
-class Result:
-    loss: Tensor
-    components: dict[str, Tensor]
-    grads: list[Tensor | None]
-
-
-def run(inputs: Inputs, backend: str, **overrides) -> Result:
-    options = {**inputs.options, **overrides}
-    loss, comps = ukd_loss(
-        inputs.feats_s, inputs.feats_t, inputs.logits_s, inputs.logits_t, inputs.weight_s, inputs.bias_s,
-        inputs.weight_t, inputs.bias_t, noise_s=inputs.noise_s, noise_t=inputs.noise_t, backend=backend,
-        return_components=True, **options,
-    )  # fmt: skip
-    wrt = [t for t in inputs.tensors() if t.requires_grad]
-    grads = iter(torch.autograd.grad(loss, wrt, allow_unused=True) if wrt else [])
-    return Result(loss.detach(), comps, [next(grads) if t.requires_grad else None for t in inputs.tensors()])
+# What ``ukd.testing.run_loss`` returns: the loss, its components and the gradient of every input of the case
+# (``Case.tensors()`` order; None for those that do not require grad).
+Result = tuple[Tensor, dict[str, Tensor], list[Tensor | None]]
 
 
 # ------------------------------------------------------------------------------------ rounding floors
@@ -140,7 +81,7 @@ class Floors:
 
     components: dict[str, float]
     loss: float
-    grads: list[float]  # per input of Inputs.tensors()
+    grads: list[float]  # per input of Case.tensors()
 
 
 def _pair_magnitudes(a: Tensor, c: Tensor, temperature: float, extra_a: float, extra_c: float) -> tuple[float, float]:
@@ -157,28 +98,44 @@ def _pair_magnitudes(a: Tensor, c: Tensor, temperature: float, extra_a: float, e
     return value, grad
 
 
-def floors(inputs: Inputs) -> Floors:
+def floors(case: Case) -> Floors:
     from ukd.op import reference
 
-    x = inputs.exact()
-    o = {"temperature": 4.0, "dist_weight": 1.0, "gauss_weight": 0.0, "supp_weight": 1.0, "logit_weight": 1.0,
-         "logvar_bound": 10.0, **inputs.options}  # fmt: skip
-    temp, bound, batch = float(o["temperature"]), float(o["logvar_bound"]), inputs.logits_s.shape[0]
+    x = case.exact()
+    o = {
+        "temperature": 4.0,
+        "dist_weight": 1.0,
+        "gauss_weight": 0.0,
+        "supp_weight": 1.0,
+        "logit_weight": 1.0,
+        "logvar_bound": 10.0,
+        **case.options,
+    }
+    temp, bound, batch = float(o["temperature"]), float(o["logvar_bound"]), case.student_logits.shape[0]
     w = {n: abs(float(o[f"{n}_weight"])) for n in ("dist", "gauss", "supp", "logit")}
     with torch.no_grad():
         sides = {}
-        for side, feats, weight, bias, noise in (("s", x.feats_s, x.weight_s, x.bias_s, x.noise_s),
-                                                 ("t", x.feats_t, x.weight_t, x.bias_t, x.noise_t)):  # fmt: skip
+        for side, feats, weight, bias, noise in (
+            ("s", x.student_feats, x.student_weight, x.student_bias, x.noise_s),
+            ("t", x.teacher_feats, x.teacher_weight, x.teacher_bias, x.noise_t),
+        ):
             pooled = reference.pool_stages(feats)
             mu, logvar = reference.distribution_params(pooled, weight, bias, bound)
             sig_eps = torch.zeros_like(mu) if noise is None else (logvar / 2).exp() * noise.abs()
             z = mu if noise is None else mu + (logvar / 2).exp() * noise
             # |z| as a sum of magnitudes: its own rounding error is eps times this
             z_mag = (pooled.abs() @ weight.abs().t() + bias.abs())[:, : mu.shape[1]] + sig_eps
-            sides[side] = {"pooled": pooled, "mu": mu, "logvar": logvar, "z": z, "z_err": z_mag.max().item() / temp,
-                           "half_sig_eps": 0.5 * sig_eps.max().item(), "weight": weight}  # fmt: skip
+            sides[side] = {
+                "pooled": pooled,
+                "mu": mu,
+                "logvar": logvar,
+                "z": z,
+                "z_err": z_mag.max().item() / temp,
+                "half_sig_eps": 0.5 * sig_eps.max().item(),
+                "weight": weight,
+            }
         s_, t_ = sides["s"], sides["t"]
-        ls, lt = x.logits_s.detach(), x.logits_t.detach()
+        ls, lt = x.student_logits.detach(), x.teacher_logits.detach()
         dist = _pair_magnitudes(t_["z"], s_["z"], temp, t_["z_err"], s_["z_err"])
         supp_s = _pair_magnitudes(ls, s_["z"], temp, 0.0, s_["z_err"])
         supp_t = _pair_magnitudes(lt, t_["z"], temp, 0.0, t_["z_err"])
@@ -188,8 +145,12 @@ def floors(inputs: Inputs) -> Floors:
         gauss_terms = 1 + s_["logvar"].abs() + t_["logvar"].abs() + (t_["logvar"] - s_["logvar"]).exp() + d2 * inv_var_s
         gauss_value = 0.5 * gauss_terms.sum(dim=1).max().item()
         gauss_grad = (gauss_terms + (d2 * inv_var_s).sqrt()).max().item()
-    components = {"dist": temp**2 * dist[0], "gauss": gauss_value, "supp": temp**2 * (supp_s[0] + supp_t[0]),
-                  "logit": temp**2 * logit[0]}  # fmt: skip
+    components = {
+        "dist": temp**2 * dist[0],
+        "gauss": gauss_value,
+        "supp": temp**2 * (supp_s[0] + supp_t[0]),
+        "logit": temp**2 * logit[0],
+    }
     loss = sum(w[n] * v for n, v in components.items())
     unit = temp / batch
     grad_logits = unit * (w["supp"] * (supp_s[1] + supp_t[1]) + w["logit"] * logit[1])
@@ -198,7 +159,7 @@ def floors(inputs: Inputs) -> Floors:
         kl = unit * (w["dist"] * dist[1] + w["supp"] * (supp_s[1] if side == "s" else supp_t[1]))
         grad_y[side] = kl * max(1.0, sides[side]["half_sig_eps"]) + w["gauss"] / batch * gauss_grad
     grads = []
-    for side, feats in (("s", x.feats_s), ("t", x.feats_t)):
+    for side, feats in (("s", x.student_feats), ("t", x.teacher_feats)):
         col_mass = sides[side]["weight"].abs().sum(dim=0)  # Σ_k |W[k, c]|
         column = 0
         for f in feats:
@@ -211,8 +172,9 @@ def floors(inputs: Inputs) -> Floors:
     return Floors(components, loss, grads)
 
 
-def assert_matches(got: Result, want: Result, inputs: Inputs, what: str = "", stats: dict | None = None) -> None:
-    """``got`` (a backend on ``inputs``) against ``want`` (the reference on ``inputs.exact()``): the loss, each
+def assert_matches(got: Result, want: Result, case: Case, what: str = "", stats: dict | None = None) -> None:
+    """``got`` (a backend on ``case``) against ``want`` (the reference on ``case.exact()``), both from
+    :func:`ukd.testing.run_loss`: the loss, each
     component and every gradient within ``tol·max|reference| + FLOOR_ULPS·eps·magnitude`` (:class:`Floors`),
     ``tol`` being 1e-9 (float64 compute), 2e-4 (float32), or two ulps of a half-precision gradient's own dtype.
 
@@ -224,20 +186,22 @@ def assert_matches(got: Result, want: Result, inputs: Inputs, what: str = "", st
     def seen(err: float, bound: float) -> None:
         stats["worst"] = max(stats["worst"], err / bound if bound > 0 else (0.0 if err == 0 else math.inf))
 
-    compute = inputs.compute_dtype()
+    got_loss, got_components, got_grads = got
+    want_loss, want_components, want_grads = want
+    compute = case.compute_dtype()
     tol, eps = COMPUTE_TOL[compute], torch.finfo(compute).eps
-    assert got.loss.dtype == compute and got.loss.shape == (), (what, got.loss.dtype, got.loss.shape)
+    assert got_loss.dtype == compute and got_loss.shape == (), (what, got_loss.dtype, got_loss.shape)
     fl: Floors | None = None
 
     def floor_of(kind: str, index: int = 0) -> float:
         nonlocal fl
-        fl = fl or floors(inputs)
+        fl = fl or floors(case)
         value = fl.loss if kind == "loss" else fl.components[kind] if kind != "grad" else fl.grads[index]
         return FLOOR_ULPS * eps * value
 
-    assert got.loss.isfinite(), f"{what} loss {got.loss.item()}"
-    stats["loss_rel"] = max_abs_diff(got.loss, want.loss) / max(max_abs(want.loss), 1e-300)
-    scalars = {"loss": (got.loss, want.loss), **{n: (got.components[n], v) for n, v in want.components.items()}}
+    assert got_loss.isfinite(), f"{what} loss {got_loss.item()}"
+    stats["loss_rel"] = max_abs_diff(got_loss, want_loss) / max(max_abs(want_loss), 1e-300)
+    scalars = {"loss": (got_loss, want_loss), **{n: (got_components[n], v) for n, v in want_components.items()}}
     for name, (value, expected) in scalars.items():
         if abs(expected.item()) > torch.finfo(compute).max:  # a component past the range: ±inf, as it rounds
             assert value.item() == expected.item() * math.inf, f"{what} {name}: {value.item()} for {expected.item()}"
@@ -255,7 +219,7 @@ def assert_matches(got: Result, want: Result, inputs: Inputs, what: str = "", st
             f"+ rounding floor {floor:.2e}"
         )
         tally("comparisons passed on the rounding floor (ill-conditioned), not the relative tolerance")
-    for i, (name, t, g, r) in enumerate(zip(inputs.names(), inputs.tensors(), got.grads, want.grads)):
+    for i, (name, t, g, r) in enumerate(zip(case.names(), case.tensors(), got_grads, want_grads)):
         if not t.requires_grad:
             assert g is None, f"{what} {name}: a gradient for an input that does not require one"
             continue
@@ -298,14 +262,11 @@ def triton_importable() -> bool:
 
 
 def triton_interpreted_here() -> bool:
-    """The Triton backend runs here, with its kernels interpreted (TRITON_INTERPRET=1 before triton's import)."""
-    if "triton" not in available_backends("cpu"):
-        return False
-    from triton.runtime.interpreter import InterpretedFunction
+    """The Triton backend runs here, with its kernels interpreted (TRITON_INTERPRET=1 before triton's import).
 
-    from ukd_kernels import unified_loss as kernels
-
-    return isinstance(kernels._head_fwd_kernel, InterpretedFunction)
+    On CPU tensors ``ukd.op.backends`` lists "triton" only when every ``ukd_kernels`` kernel was decorated by the
+    interpreter, so that is the whole check."""
+    return "triton" in available_backends("cpu")
 
 
 def run_triton_here(request: pytest.FixtureRequest, timeout: float = 1200) -> bool:
@@ -322,8 +283,12 @@ def run_triton_here(request: pytest.FixtureRequest, timeout: float = 1200) -> bo
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", request.node.nodeid],
-            cwd=request.config.rootpath, env=env, capture_output=True, text=True, timeout=timeout,
-        )  # fmt: skip
+            cwd=request.config.rootpath,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         merge_tally_file(tally_file)
     finally:
         tally_file.unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""Bad input, the other ways in: every error of tests/test_validation.py also through ``UnifiedDistillLoss`` and
+"""Bad input, the other ways in: every error of tests/op/test_validation.py also through ``UnifiedDistillLoss`` and
 under ``torch.compile`` (functional and module), on every backend; and ``torch.library.opcheck`` on the registered
 ops.
 
@@ -15,20 +15,25 @@ import re
 from collections.abc import Callable
 
 import pytest
-import test_validation as tv  # tests/test_validation.py: the list of errors is the one maintained there
+import test_validation as tv  # tests/op/test_validation.py (on sys.path by conftest.py): its list of errors
 import torch
 from hardening_support import run_triton_here, tally
 from torch import Tensor, nn
 
 from ukd import UnifiedDistillLoss
 from ukd.functional import ukd_loss
-from ukd.testing import Case, available_backends, make_case
+from ukd.op.autograd import _backward_args, _forward_args
+from ukd.op.options import Head, LossOptions, Network, Saved
+from ukd.testing import SMALL_INPUTS, Case, available_backends, make_case
 
 BACKENDS = ["reference", *(b for b in available_backends("cpu") if b != "triton"), "triton"]
-ARG_NAMES = ("student_feats", "teacher_feats", "student_logits", "teacher_logits", "student_weight",
-             "student_bias", "teacher_weight", "teacher_bias")  # fmt: skip
-HEAD_PARAMS = {"student_weight": ("student_head", "weight"), "student_bias": ("student_head", "bias"),
-               "teacher_weight": ("teacher_head", "weight"), "teacher_bias": ("teacher_head", "bias")}  # fmt: skip
+ARG_NAMES = ("student_feats", "teacher_feats", *SMALL_INPUTS)  # ukd_loss's positional arguments
+HEAD_PARAMS = {
+    "student_weight": ("student_head", "weight"),
+    "student_bias": ("student_head", "bias"),
+    "teacher_weight": ("teacher_head", "weight"),
+    "teacher_bias": ("teacher_head", "bias"),
+}
 CTOR_OPTIONS = ("temperature", "logvar_bound", "dist_weight", "gauss_weight", "supp_weight", "logit_weight")
 
 # How the module words an error when it catches it before ukd_loss does (it knows the stage layout).
@@ -109,8 +114,15 @@ def assert_raises_naming(call: Callable[[], Tensor], exc: type[BaseException], p
 
 
 # ------------------------------------------------------------------------------------ validation errors
-WAYS = ["module", "compiled functional", "compiled functional fullgraph", "compiled module",
-        "compiled module fullgraph"]  # fmt: skip
+WAYS = [
+    "module",
+    "compiled functional",
+    "compiled functional fullgraph",
+    "compiled module",
+    "compiled module fullgraph",
+]
+
+
 def _matrix(test_name: str) -> list:
     out = []
     for way in WAYS:
@@ -121,7 +133,7 @@ def _matrix(test_name: str) -> list:
 
 @pytest.mark.parametrize(("way", "backend"), _matrix("validation"))
 def test_validation_errors_other_ways(way: str, backend: str, request: pytest.FixtureRequest) -> None:
-    """Every entry of tests/test_validation.py's ERRORS, with the module's own wording where it catches it first.
+    """Every entry of tests/op/test_validation.py's ERRORS, with the module's own wording where it catches it first.
     Each call is traced afresh (``torch._dynamo.reset``), so none is a silent fallback to eager."""
     if _skip_if_triton_elsewhere(backend, request):
         return
@@ -152,7 +164,7 @@ def _corrupt(case: Case, kind: str) -> None:
 
 @pytest.mark.parametrize(("way", "backend"), _matrix("non_finite"))
 def test_non_finite_other_ways(way: str, backend: str, request: pytest.FixtureRequest) -> None:
-    """Every entry of tests/test_validation.py's NONFINITE. Compiled once on finite inputs, then the same compiled
+    """Every entry of tests/op/test_validation.py's NONFINITE. Compiled once on finite inputs, then the same compiled
     code (same shapes: no retrace) meets each non-finite input, found at run time inside the op."""
     if _skip_if_triton_elsewhere(backend, request):
         return
@@ -196,7 +208,7 @@ def test_non_finite_other_ways(way: str, backend: str, request: pytest.FixtureRe
 
 
 def test_every_listed_error_has_a_module_route() -> None:
-    """A new entry in tests/test_validation.py must be routable through the module (or say why not)."""
+    """A new entry in tests/op/test_validation.py must be routable through the module (or say why not)."""
     case = tv._case()
     entries = {k: v[0](case) for k, v in tv.ERRORS.items()} | {k: {v[0]: None} for k, v in tv.NONFINITE.items()}
     for kind, over in entries.items():
@@ -206,14 +218,26 @@ def test_every_listed_error_has_a_module_route() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- opcheck
-def _op_args(dtype: torch.dtype, feat_dtype: torch.dtype, noise: bool, need_grads: bool, backend: str) -> tuple:
-    case = make_case(3, 7, [(4, 3, 2), (5,)], [(6, 2, 2), (3, 1, 1)], channels_last=True, noise=noise, seed=4,
-                     logvar_spread=2.0)  # fmt: skip
+OPCHECK_OPTIONS = LossOptions(
+    temperature=3.0, dist_weight=1.0, gauss_weight=0.5, supp_weight=0.7, logit_weight=1.3, logvar_bound=10.0
+)
+
+
+def _op_networks(
+    dtype: torch.dtype, feat_dtype: torch.dtype, noise: bool, requires_grad: bool
+) -> tuple[Network, Network]:
+    """Both networks as the op receives them (what ``ukd.op.validation.prepare`` makes): channels_last and pooled
+    features in ``feat_dtype``, everything else contiguous in ``dtype``."""
+    case = make_case(
+        3, 7, [(4, 3, 2), (5,)], [(6, 2, 2), (3, 1, 1)], channels_last=True, noise=noise, seed=4, logvar_spread=2.0
+    )
     case = case.cast(dtype).cast(feat_dtype, feats_only=True)
-    if need_grads:
+    if requires_grad:
         case.requires_grad_()
-    options = (3.0, 1.0, 0.5, 0.7, 1.3, 10.0, need_grads, True, backend)
-    return (*case.args(), case.noise_s, case.noise_t, *options)
+    return (
+        Network(case.student_feats, case.student_logits, Head(case.student_weight, case.student_bias), case.noise_s),
+        Network(case.teacher_feats, case.teacher_logits, Head(case.teacher_weight, case.teacher_bias), case.noise_t),
+    )
 
 
 OPCHECK_CASES = [
@@ -229,35 +253,44 @@ OPCHECK_CASES = [
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "reference"])
 @pytest.mark.parametrize(("dtype", "feat_dtype", "noise", "need_grads"), OPCHECK_CASES)
 def test_opcheck_unified_loss(
-    dtype: torch.dtype, feat_dtype: torch.dtype, noise: bool, need_grads: bool, backend: str,
+    dtype: torch.dtype,
+    feat_dtype: torch.dtype,
+    noise: bool,
+    need_grads: bool,
+    backend: str,
     request: pytest.FixtureRequest,
-) -> None:  # fmt: skip
+) -> None:
+    """``ukd::unified_loss`` with the flat arguments ``UnifiedLoss.forward`` passes it (``_forward_args``)."""
     if backend == "triton" and request.node.callspec.id.split("-")[0] == "f64":
         pytest.skip("the interpreter is slow: the float32 cases cover the Triton path")
     if _skip_if_triton_elsewhere(backend, request):
         return
-    args = _op_args(dtype, feat_dtype, noise, need_grads, backend)
+    student, teacher = _op_networks(dtype, feat_dtype, noise, requires_grad=need_grads)
+    args = _forward_args(student, teacher, OPCHECK_OPTIONS, need_grads, backend)
     result = torch.library.opcheck(torch.ops.ukd.unified_loss.default, args)
     assert set(result.values()) == {"SUCCESS"}, result
     tally("opcheck runs passed (4 checks each)")
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "reference"])
-@pytest.mark.parametrize("need_feats", [(True, True), (True, False), (False, False)], ids=["both", "student", "none"])
+@pytest.mark.parametrize("need_pooled", [(True, True), (True, False), (False, False)], ids=["both", "student", "none"])
 @pytest.mark.parametrize(("dtype", "feat_dtype"), [(torch.float64, torch.float64), (torch.float32, torch.bfloat16)])
 def test_opcheck_unified_loss_backward(
-    dtype: torch.dtype, feat_dtype: torch.dtype, need_feats: tuple[bool, bool], backend: str,
+    dtype: torch.dtype,
+    feat_dtype: torch.dtype,
+    need_pooled: tuple[bool, bool],
+    backend: str,
     request: pytest.FixtureRequest,
-) -> None:  # fmt: skip
+) -> None:
+    """``ukd::unified_loss_backward`` on what the forward op saved, with the flat arguments ``UnifiedLoss.backward``
+    passes it (``_backward_args``)."""
     if _skip_if_triton_elsewhere(backend, request):
         return
-    args = _op_args(dtype, feat_dtype, True, True, backend)
-    with torch.no_grad():
-        out = torch.ops.ukd.unified_loss(*[[f.detach() for f in a] if isinstance(a, list) else
-                                           a.detach() if isinstance(a, Tensor) else a for a in args])  # fmt: skip
-    feats_s, feats_t = [f.detach() for f in args[0]], [f.detach() for f in args[1]]
-    bargs = (torch.tensor(0.75, dtype=dtype), feats_s, feats_t, args[4].detach(), args[6].detach(), *out[2:],
-             *need_feats, backend)  # fmt: skip
+    student, teacher = _op_networks(dtype, feat_dtype, True, requires_grad=False)
+    out = torch.ops.ukd.unified_loss(*_forward_args(student, teacher, OPCHECK_OPTIONS, True, backend))
+    saved = (Saved(*out[2:5]), Saved(*out[5:8]))
+    weights = (student.head.weight, teacher.head.weight)
+    bargs = _backward_args(torch.tensor(0.75, dtype=dtype), saved, weights, need_pooled, backend)
     result = torch.library.opcheck(torch.ops.ukd.unified_loss_backward.default, bargs)
     assert set(result.values()) == {"SUCCESS"}, result
     tally("opcheck runs passed (4 checks each)")

@@ -9,16 +9,16 @@ The tensors' values come from a drawn seed. The oracle is ``backend="reference"`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
-from hardening_support import Inputs, assert_matches, run, run_triton_here, tally
+from hardening_support import assert_matches, run_triton_here, tally
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
-from ukd.testing import available_backends, make_case
+from ukd.testing import Case, available_backends, make_case, run_loss
 
 CPU_BACKENDS = [b for b in available_backends("cpu") if b != "triton"]
 TRITON_EXAMPLES = max(6, settings().max_examples // 5)  # the interpreter is slow: 6 in the ci profile, 100 in long
@@ -113,35 +113,45 @@ def _layout(f: Tensor, spec: StageSpec) -> Tensor:
     return f.contiguous()
 
 
-def build(spec: CaseSpec) -> Inputs:
+def build(spec: CaseSpec) -> Case:
+    """The drawn case: each stage in its own dtype and layout, everything else in the compute dtype (each rounded
+    once from the float64 draw), the teacher's features and logits frozen if drawn so."""
+
     def shapes(stages: list[StageSpec]) -> list[tuple[int, ...]]:
         return [(s.channels,) if s.hw is None else (s.channels, *s.hw) for s in stages]
 
-    case = make_case(spec.batch, spec.k, shapes(spec.student), shapes(spec.teacher), dtype=torch.float64,
-                     seed=spec.seed, logit_scale=spec.logit_scale, logvar_spread=spec.logvar_spread)  # fmt: skip
-    compute = DTYPES[spec.compute]
-    inputs = Inputs(
-        [_layout(f, s) for f, s in zip(case.student_feats, spec.student)],
-        [_layout(f, s) for f, s in zip(case.teacher_feats, spec.teacher)],
-        *(t.to(compute) for t in (case.student_logits, case.teacher_logits, case.student_weight, case.student_bias,
-                                  case.teacher_weight, case.teacher_bias)),
-        noise_s=case.noise_s.to(compute) if spec.noise_s else None,
-        noise_t=case.noise_t.to(compute) if spec.noise_t else None,
-        options=dict(spec.options),
-    )  # fmt: skip
-    frozen = {id(t) for t in [*inputs.feats_t, inputs.logits_t]} if spec.frozen_teacher else set()
-    for t in inputs.tensors():
+    drawn = make_case(
+        spec.batch,
+        spec.k,
+        shapes(spec.student),
+        shapes(spec.teacher),
+        dtype=torch.float64,
+        seed=spec.seed,
+        logit_scale=spec.logit_scale,
+        logvar_spread=spec.logvar_spread,
+        **spec.options,
+    )
+    small = drawn.cast(DTYPES[spec.compute])
+    case = replace(
+        small,
+        student_feats=[_layout(f, s) for f, s in zip(drawn.student_feats, spec.student)],
+        teacher_feats=[_layout(f, s) for f, s in zip(drawn.teacher_feats, spec.teacher)],
+        noise_s=small.noise_s if spec.noise_s else None,
+        noise_t=small.noise_t if spec.noise_t else None,
+    )
+    frozen = {id(t) for t in [*case.teacher_feats, case.teacher_logits]} if spec.frozen_teacher else set()
+    for t in case.tensors():
         t.requires_grad_(id(t) not in frozen)
-    return inputs
+    return case
 
 
 def check_backend(spec: CaseSpec, backend: str, *, in_hypothesis: bool = True) -> None:
     if in_hypothesis:
         note(repr(spec))
-    inputs = build(spec)
-    want = run(inputs.exact(), "reference")
-    got = run(inputs, backend)
-    assert_matches(got, want, inputs, what=f"[{backend}]")
+    case = build(spec)
+    want = run_loss(case.exact(), "reference")
+    got = run_loss(case, backend)
+    assert_matches(got, want, case, what=f"[{backend}]")
     tally(f"{'hypothesis' if in_hypothesis else 'regression'} examples: {backend} vs reference")
 
 
@@ -159,22 +169,28 @@ def test_module_path_matches_functional(backend: str, spec: CaseSpec) -> None:
     """``UnifiedDistillLoss`` in eval mode (z = μ) with the drawn heads equals ``ukd_loss`` on the same inputs."""
     from ukd import UnifiedDistillLoss
 
-    inputs = build(spec)
-    k = spec.k
-    crit = UnifiedDistillLoss([f.shape[1] for f in inputs.feats_s], [f.shape[1] for f in inputs.feats_t], k,
-                              backend=backend, **spec.options).eval()  # fmt: skip
-    crit = crit.to(inputs.weight_s.dtype)
+    case = build(spec)
+    crit = UnifiedDistillLoss(
+        [f.shape[1] for f in case.student_feats],
+        [f.shape[1] for f in case.teacher_feats],
+        spec.k,
+        backend=backend,
+        **spec.options,
+    ).eval()
+    crit = crit.to(case.student_weight.dtype)
     with torch.no_grad():
-        for head, w, b in ((crit.student_head, inputs.weight_s, inputs.bias_s),
-                           (crit.teacher_head, inputs.weight_t, inputs.bias_t)):  # fmt: skip
+        for head, w, b in (
+            (crit.student_head, case.student_weight, case.student_bias),
+            (crit.teacher_head, case.teacher_weight, case.teacher_bias),
+        ):
             head.weight.copy_(w)
             head.bias.copy_(b)
-    loss = crit(inputs.feats_s, inputs.feats_t, inputs.logits_s, inputs.logits_t)
-    inputs.noise_s = inputs.noise_t = None
-    expected = run(inputs, backend)
-    assert torch.equal(loss.detach(), expected.loss)
+    loss = crit(*case.args()[:4])
+    case.noise_s = case.noise_t = None
+    expected_loss, _, expected_grads = run_loss(case, backend)
+    assert torch.equal(loss.detach(), expected_loss.detach())
     grads = torch.autograd.grad(loss, [crit.student_head.weight, crit.teacher_head.bias])
-    assert torch.equal(grads[0], expected.grads[-4]) and torch.equal(grads[1], expected.grads[-1])
+    assert torch.equal(grads[0], expected_grads[-4]) and torch.equal(grads[1], expected_grads[-1])
     tally(f"hypothesis examples: {backend} module vs functional")
 
 
@@ -193,30 +209,80 @@ def test_triton_matches_reference(request: pytest.FixtureRequest) -> None:
 
 
 # ----------------------------------------------------------------------------------- found by hypothesis
-def _pooled(*channels: int, dtype: str) -> list[StageSpec]:
+def _pooled(dtype: str, *channels: int) -> list[StageSpec]:
     return [StageSpec(c, None, "contiguous", dtype) for c in channels]
 
 
-_NO_WEIGHTS = {"temperature": 4.0, "dist_weight": 0.0, "gauss_weight": 0.0, "supp_weight": 0.0, "logit_weight": 0.0,
-               "logvar_bound": 10.0}  # fmt: skip
+_NO_WEIGHTS = {
+    "temperature": 4.0,
+    "dist_weight": 0.0,
+    "gauss_weight": 0.0,
+    "supp_weight": 0.0,
+    "logit_weight": 0.0,
+    "logvar_bound": 10.0,
+}
+
+
+def _found(
+    k: int,
+    student: list[StageSpec],
+    teacher: list[StageSpec],
+    compute: str,
+    *,
+    seed: int,
+    noise_t: bool = False,
+    logit_scale: float = 1.0,
+    logvar_spread: float = 0.0,
+    **options: float,
+) -> CaseSpec:
+    """A case hypothesis found: batch 1, no student noise, a trainable teacher, ``options`` over ``_NO_WEIGHTS``."""
+    return CaseSpec(
+        batch=1,
+        k=k,
+        student=student,
+        teacher=teacher,
+        compute=compute,
+        noise_s=False,
+        noise_t=noise_t,
+        frozen_teacher=False,
+        logit_scale=logit_scale,
+        logvar_spread=logvar_spread,
+        seed=seed,
+        options={**_NO_WEIGHTS, **options},
+    )
+
+
 # Each of these failed a pure relative tolerance (on every backend, the float32 reference included): a KL between
 # nearly equal or equally saturated softmaxes, or its gradient, is 1e-10..1e-14 while the rounding error of any
 # implementation is eps times the log-probabilities it is computed from. They pass on the rounding floor.
 FOUND = [
-    CaseSpec(1, 2, _pooled(1, dtype="float32"), _pooled(1, dtype="float32"), "float32", False, False, False, 0.125,
-             0.0, 0, _NO_WEIGHTS),
-    CaseSpec(1, 2, _pooled(1, dtype="float64"), _pooled(1, 1, dtype="float64"), "float64", False, False, False, 3.0,
-             0.0, 1, {**_NO_WEIGHTS, "temperature": 0.25}),
-    CaseSpec(1, 2, _pooled(1, dtype="float64"), _pooled(1, dtype="float64"), "float64", False, False, False, 1.0,
-             0.0, 1, {**_NO_WEIGHTS, "temperature": 0.25, "logit_weight": 1.0}),
-    CaseSpec(1, 6, _pooled(15, dtype="float32"), _pooled(1, 1, dtype="float32"), "float32", False, True, False, 1.0,
-             2.0, 0, {**_NO_WEIGHTS, "dist_weight": 1.0}),
-    CaseSpec(1, 2, _pooled(1, dtype="float64"), _pooled(1, 1, 1, dtype="float64"), "float64", False, True, False,
-             4.20442682948122, 2.6552157710815414, 0, {**_NO_WEIGHTS, "dist_weight": 3.0}),
+    _found(2, _pooled("float32", 1), _pooled("float32", 1), "float32", seed=0, logit_scale=0.125),
+    _found(2, _pooled("float64", 1), _pooled("float64", 1, 1), "float64", seed=1, logit_scale=3.0, temperature=0.25),
+    _found(2, _pooled("float64", 1), _pooled("float64", 1), "float64", seed=1, temperature=0.25, logit_weight=1.0),
+    _found(
+        6,
+        _pooled("float32", 15),
+        _pooled("float32", 1, 1),
+        "float32",
+        seed=0,
+        noise_t=True,
+        logvar_spread=2.0,
+        dist_weight=1.0,
+    ),
+    _found(
+        2,
+        _pooled("float64", 1),
+        _pooled("float64", 1, 1, 1),
+        "float64",
+        seed=0,
+        noise_t=True,
+        logit_scale=4.20442682948122,
+        logvar_spread=2.6552157710815414,
+        dist_weight=3.0,
+    ),
     # float16 feature gradient of 196 582 (> 65504): ±inf, as the exact value rounds to float16
-    CaseSpec(1, 2, _pooled(2, dtype="float16"), _pooled(1, dtype="bfloat16"), "float32", False, False, False, 1.0,
-             0.0, 1, {**_NO_WEIGHTS, "gauss_weight": 1.0}),
-]  # fmt: skip
+    _found(2, _pooled("float16", 2), _pooled("bfloat16", 1), "float32", seed=1, gauss_weight=1.0),
+]
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

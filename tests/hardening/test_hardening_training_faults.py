@@ -35,8 +35,15 @@ from ukd.train.config import load_config
 from ukd.train.trainer import train
 
 # ------------------------------------------------------------------------------------------- shared bits
-TINY = ["data.test_subset=40", "data.batch_size=16", "data.eval_batch_size=40", "run.threads=1", "run.quiet=true",
-        "run.plot=false", "optim.lr=0.02"]  # fmt: skip
+TINY = [
+    "data.test_subset=40",
+    "data.batch_size=16",
+    "data.eval_batch_size=40",
+    "run.threads=1",
+    "run.quiet=true",
+    "run.plot=false",
+    "optim.lr=0.02",
+]
 
 
 def _args(settings: list[str]) -> list[str]:
@@ -56,8 +63,18 @@ def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("teacher")
     threads = torch.get_num_threads()
     try:
-        rc = main(["train-teacher", "--model", "resnet8", "--epochs", "1", "-o", str(out),
-                   *_args([*TINY, "data.train_subset=64"])])  # fmt: skip
+        rc = main(
+            [
+                "train-teacher",
+                "--model",
+                "resnet8",
+                "--epochs",
+                "1",
+                "-o",
+                str(out),
+                *_args([*TINY, "data.train_subset=64"]),
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
     assert rc == 0
@@ -85,9 +102,27 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 # ------------------------------------------------------------------------------------- SIGKILL mid-epoch
 def _cli(out: Path, teacher: Path, epochs: int, extra: list[str] = ()) -> list[str]:
-    settings = [*TINY, "data.train_subset=384", "distill.ukd.op.fusion=abf", "distill.dkd.warmup=2"]
-    return [sys.executable, "-m", "ukd", "distill", "--method", "ukd", "-t", str(teacher), "--model", "resnet8",
-            "--epochs", str(epochs), "--seed", "3", "-o", str(out), *_args(settings), *extra]  # fmt: skip
+    settings = [*TINY, "data.train_subset=384", "distill.ukd.fusion=abf", "distill.dkd.warmup=2"]
+    return [
+        sys.executable,
+        "-m",
+        "ukd",
+        "distill",
+        "--method",
+        "ukd",
+        "-t",
+        str(teacher),
+        "--model",
+        "resnet8",
+        "--epochs",
+        str(epochs),
+        "--seed",
+        "3",
+        "-o",
+        str(out),
+        *_args(settings),
+        *extra,
+    ]
 
 
 def _env() -> dict[str, str]:
@@ -112,10 +147,17 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(teacher: Path, tmp_
     """UKD distillation (noise sampled every step, AFF fusion, augmentation): SIGKILL in epoch 2 of 3, once the
     epoch-1 checkpoint exists; ``--resume`` ends with the same weights, bit for bit, as a run never killed."""
     straight_dir, killed_dir = tmp_path / "straight", tmp_path / "killed"
-    straight = subprocess.Popen(_cli(straight_dir, teacher, 3), cwd=REPO, env=_env(), stderr=subprocess.PIPE,
-                                stdout=subprocess.DEVNULL, text=True)  # fmt: skip
-    killed = subprocess.Popen(_cli(killed_dir, teacher, 3), cwd=REPO, env=_env(), stderr=subprocess.PIPE,
-                              stdout=subprocess.DEVNULL, text=True)  # fmt: skip
+    straight = subprocess.Popen(
+        _cli(straight_dir, teacher, 3),
+        cwd=REPO,
+        env=_env(),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    killed = subprocess.Popen(
+        _cli(killed_dir, teacher, 3), cwd=REPO, env=_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
     try:
         ckpt = killed_dir / "last.pt"
         _kill_when(killed, ckpt.exists, delay=0.3)
@@ -130,8 +172,9 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(teacher: Path, tmp_
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    resumed = subprocess.run(_cli(killed_dir, teacher, 3, ["--resume"]), cwd=REPO, env=_env(),
-                             capture_output=True, text=True, timeout=600)  # fmt: skip
+    resumed = subprocess.run(
+        _cli(killed_dir, teacher, 3, ["--resume"]), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert_same_weights(straight_dir / "last.pt", killed_dir / "last.pt")
     assert (killed_dir / "metrics.jsonl").read_text().splitlines()[:1] == metrics
@@ -152,13 +195,15 @@ def test_sigkill_inside_a_checkpoint_write_and_at_random_moments(teacher: Path, 
     uninterrupted run bit for bit."""
     rng = random.Random(1234)
     straight_dir, killed_dir = tmp_path / "straight", tmp_path / "killed"
-    straight = subprocess.run(_cli(straight_dir, teacher, 4), cwd=REPO, env=_env(), capture_output=True, text=True,
-                              timeout=900)  # fmt: skip
+    straight = subprocess.run(
+        _cli(straight_dir, teacher, 4), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900
+    )
     assert straight.returncode == 0, straight.stderr
     epoch_time = float(load_checkpoint(straight_dir / "last.pt")["metrics"]["epoch_time"])
 
-    proc = subprocess.Popen(_cli(killed_dir, teacher, 4), cwd=REPO, env=_env(), stderr=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        _cli(killed_dir, teacher, 4), cwd=REPO, env=_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
     ckpt = killed_dir / "last.pt"
     while not ckpt.exists():
         assert proc.poll() is None, proc.communicate()[1]
@@ -173,8 +218,14 @@ def test_sigkill_inside_a_checkpoint_write_and_at_random_moments(teacher: Path, 
     assert load_checkpoint(ckpt)["epoch"] == 1  # the torn write never replaced the intact epoch-1 file
 
     for _ in range(3):
-        proc = subprocess.Popen(_cli(killed_dir, teacher, 4, ["--resume"]), cwd=REPO, env=_env(),
-                                stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)  # fmt: skip
+        proc = subprocess.Popen(
+            _cli(killed_dir, teacher, 4, ["--resume"]),
+            cwd=REPO,
+            env=_env(),
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+        )
         time.sleep(4.0 + rng.uniform(0, 1.5 * epoch_time))  # start-up (imports), then a random point in training
         if proc.poll() is not None:
             assert proc.returncode == 0, proc.communicate()[1]
@@ -183,8 +234,9 @@ def test_sigkill_inside_a_checkpoint_write_and_at_random_moments(teacher: Path, 
         proc.wait(timeout=60)
         tally("faults injected: SIGKILL of a training run at a random moment")
         load_checkpoint(ckpt)  # never torn
-    final = subprocess.run(_cli(killed_dir, teacher, 4, ["--resume"]), cwd=REPO, env=_env(), capture_output=True,
-                           text=True, timeout=900)  # fmt: skip
+    final = subprocess.run(
+        _cli(killed_dir, teacher, 4, ["--resume"]), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=900
+    )
     assert final.returncode == 0, final.stderr
     assert_same_weights(straight_dir / "last.pt", ckpt)
     assert not _tmp_files(killed_dir), "a torn write's temporary file outlived the next write of its checkpoint"
@@ -225,8 +277,10 @@ def test_disk_full_mid_run_keeps_previous_checkpoint_and_resumes(tmp_path: Path,
 
 
 # ------------------------------------------------------------------------------------------ data files
-FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-         "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}  # fmt: skip
+FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
 
 
 @pytest.fixture
@@ -273,19 +327,47 @@ DATA_FAULTS = [
 
 
 def test_intact_data_dir_trains(data_dir: Path, tmp_path: Path) -> None:
-    assert main(["train-teacher", "--model", "resnet8", "--epochs", "1", "-o", str(tmp_path / "run"),
-                 "--data-dir", str(data_dir), *_args(TINY)]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train-teacher",
+                "--model",
+                "resnet8",
+                "--epochs",
+                "1",
+                "-o",
+                str(tmp_path / "run"),
+                "--data-dir",
+                str(data_dir),
+                *_args(TINY),
+            ]
+        )
+        == 0
+    )
 
 
 @pytest.mark.parametrize(("how", "name", "pattern"), DATA_FAULTS, ids=[f"{h}-{n}" for h, n, _ in DATA_FAULTS])
-def test_damaged_data_file_is_named(how: str, name: str, pattern: str, data_dir: Path, tmp_path: Path,
-                                    capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+def test_damaged_data_file_is_named(
+    how: str, name: str, pattern: str, data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """The CLI stops with status 2 and one line naming the file (no traceback, no silent fallback to the
     embedded subset)."""
     _damage(data_dir / name, how)
     out = tmp_path / "run"
-    rc = main(["train-teacher", "--model", "resnet8", "--epochs", "1", "-o", str(out), "--data-dir", str(data_dir),
-               *_args(TINY)])  # fmt: skip
+    rc = main(
+        [
+            "train-teacher",
+            "--model",
+            "resnet8",
+            "--epochs",
+            "1",
+            "-o",
+            str(out),
+            "--data-dir",
+            str(data_dir),
+            *_args(TINY),
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2, err
     assert err.startswith("ukd train-teacher: error: ") and "Traceback" not in err, err
