@@ -88,8 +88,8 @@ def estimate(shape: Shape, feat_bytes: int, block_k: int | None = None) -> Estim
     stats = 2 * b * n_ktiles * head.NSTAT.value * f32  # written by _head_fwd_kernel, read by _row_stats_kernel
     overhead = 2 * (y + 2 * y + 2 * y) + stats + 2 * (b * cs + b * ct) * f32
     flops = 2 * b * 2 * k * (cs + ct) + 2 * b * 2 * k * (cs + ct) + 2 * b * 2 * k * cs
-    return Estimate(shape, feat_bytes, (elems_s + elems_t) * feat_bytes, elems_s * feat_bytes, heads, small,
-                    overhead, flops)  # fmt: skip
+    features_read, grads_written = (elems_s + elems_t) * feat_bytes, elems_s * feat_bytes
+    return Estimate(shape, feat_bytes, features_read, grads_written, heads, small, overhead, flops)
 
 
 def _mb(n: int) -> str:
