@@ -1,9 +1,8 @@
 // CPU kernels of the UKD op, registered for the CPU dispatch key.
 //
-// forward:  pool every stage of both networks in one parallel pass  ->  [μ; r] = p Wᵀ + b through BLAS
-//           ->  one parallel pass over the B rows: the four terms and, when asked, d loss / d [μ; r] and
-//           d loss / d logits.
-// backward: each feature gradient is written once (the head GEMMs run in Python through torch.mm = BLAS).
+// pool every stage of both networks in one parallel pass  ->  [μ; r] = p Wᵀ + b through BLAS  ->  one parallel
+// pass over the B rows: the four terms and, when asked, d loss / d [μ; r] and d loss / d logits. The backward
+// (head GEMMs, feature gradients as broadcast views) runs in Python.
 //
 // Every output element is reduced by a single task in a fixed order, and the per-row losses are summed
 // sequentially, so results are bit-identical for any thread count.
@@ -172,33 +171,44 @@ std::pair<Tensor, Tensor> pool_both(at::TensorList feats_s, at::TensorList feats
 }
 
 // ----------------------------------------------------------------------------------------- the row pass
-struct Weights {
-  double temperature, dist, gauss, supp, logit, bound;
-};
-
-// One row of the B×K problem: pointers into the inputs, the outputs and this thread's scratch.
+// One row of the B×K problem: pointers into the inputs and the outputs.
 template <typename T>
 struct Row {
-  const T *mu_s, *r_s, *mu_t, *r_t, *logit_s, *logit_t, *eps_s, *eps_t;  // eps: zeros when there is no noise
+  const T *mu_s, *r_s, *mu_t, *r_t, *logit_s, *logit_t, *eps_s, *eps_t;  // eps: null when there is no noise
   T* terms;                                                             // (4,) dist, gauss, supp, logit
   T *grad_y_s, *grad_y_t, *grad_logit_s, *grad_logit_t;                 // null when no gradients are wanted
 };
 
+// softmax(x/T) of one row into p; returns its log-sum-exp log Σ_j e^{x_j/T}.
 template <typename T>
-struct RowConsts {
-  T temp, inv_t, bound, s_dist, s_supp, s_logit, s_gauss;
-};
+[[gnu::always_inline]] inline T softmax_row(int64_t k, const T* x, T inv_t, T* p) {
+  T m = -INFINITY;
+#pragma omp simd reduction(max : m)
+  for (int64_t j = 0; j < k; ++j) m = x[j] > m ? x[j] : m;  // a NaN is skipped here but poisons the sum
+  const T shift = m * inv_t;
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < k; ++j) {
+    p[j] = fexp(x[j] * inv_t - shift);
+    sum += p[j];
+  }
+  const T inv_sum = T(1) / sum;
+#pragma omp simd
+  for (int64_t j = 0; j < k; ++j) p[j] *= inv_sum;
+  return shift + flog(sum);
+}
 
 // Every loop below is a branch-free `omp simd` loop over the K classes, so the compiler vectorises each one
 // (fexp is a polynomial, selects are blends). Six exps per class: σ_s, σ_t and one softmax numerator for each
 // of z_s, z_t, l_s, l_t; every other exp of the math is recovered from those (log-probabilities are x/T − lse).
 // `scratch` holds 6·K: σ_s, σ_t, then softmax(x/T) of z_s, z_t, l_s, l_t; z_s and z_t go to `z` (2·K).
-template <typename T>
-[[gnu::always_inline]] inline void row_kernel(int64_t k, const Row<T>& in, const RowConsts<T>& c, T* scratch, T* z) {
+// kNoisyS / kNoisyT: whether eps_s / eps_t exist, so a noise-free head reads no ε and costs no branch.
+template <typename T, bool kNoisyS, bool kNoisyT>
+[[gnu::always_inline]] inline void row_kernel(int64_t k, const Row<T>& in, const RowScales<T>& c, T* scratch, T* z) {
   T *std_s = scratch, *std_t = scratch + k, *z_s = z, *z_t = z + k;
-  T* prob[4] = {scratch + 2 * k, scratch + 3 * k, scratch + 4 * k, scratch + 5 * k};
+  T *p_zs = scratch + 2 * k, *p_zt = scratch + 3 * k, *p_ls = scratch + 4 * k, *p_lt = scratch + 5 * k;
   const T *mu_s = in.mu_s, *r_s = in.r_s, *mu_t = in.mu_t, *r_t = in.r_t, *es = in.eps_s, *et = in.eps_t;
-  const T bound = c.bound;
+  const T *ls = in.logit_s, *lt = in.logit_t, inv_t = c.inv_t, bound = c.bound;
   T gauss = 0;
 #pragma omp simd reduction(+ : gauss)
   for (int64_t j = 0; j < k; ++j) {
@@ -206,37 +216,17 @@ template <typename T>
     const T ss = std_of(lv_s), st = std_of(lv_t);
     std_s[j] = ss;
     std_t[j] = st;
-    z_s[j] = sample(mu_s[j], ss, es[j]);
-    z_t[j] = sample(mu_t[j], st, et[j]);
+    z_s[j] = sample_of(HeadSample<T>{mu_s[j], r_s[j], ss, kNoisyS ? es[j] : T(0), kNoisyS});
+    z_t[j] = sample_of(HeadSample<T>{mu_t[j], r_t[j], st, kNoisyT ? et[j] : T(0), kNoisyT});
     gauss += gauss_elem(gauss_terms(mu_s[j], ss, mu_t[j], st), lv_s, lv_t);
   }
-  const T* src[4] = {z_s, z_t, in.logit_s, in.logit_t};
-  T lse[4];
-  for (int v = 0; v < 4; ++v) {
-    const T* x = src[v];
-    T* p = prob[v];
-    T m = -INFINITY;
-#pragma omp simd reduction(max : m)
-    for (int64_t j = 0; j < k; ++j) m = x[j] > m ? x[j] : m;  // a NaN is skipped here but poisons the sum
-    const T shift = m * c.inv_t;
-    T sum = 0;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < k; ++j) {
-      p[j] = fexp(x[j] * c.inv_t - shift);
-      sum += p[j];
-    }
-    const T inv_sum = T(1) / sum;
-#pragma omp simd
-    for (int64_t j = 0; j < k; ++j) p[j] *= inv_sum;
-    lse[v] = shift + flog(sum);
-  }
-  const T *p_zs = prob[0], *p_zt = prob[1], *p_ls = prob[2], *p_lt = prob[3];
-  const T *ls = in.logit_s, *lt = in.logit_t, inv_t = c.inv_t;
+  const T lse_zs = softmax_row(k, z_s, inv_t, p_zs), lse_zt = softmax_row(k, z_t, inv_t, p_zt);
+  const T lse_ls = softmax_row(k, ls, inv_t, p_ls), lse_lt = softmax_row(k, lt, inv_t, p_lt);
   T kl_dist = 0, kl_supp_s = 0, kl_supp_t = 0, kl_logit = 0;
 #pragma omp simd reduction(+ : kl_dist, kl_supp_s, kl_supp_t, kl_logit)
   for (int64_t j = 0; j < k; ++j) {
-    const T lzs = z_s[j] * inv_t - lse[0], lzt = z_t[j] * inv_t - lse[1];
-    const T lls = ls[j] * inv_t - lse[2], llt = lt[j] * inv_t - lse[3];
+    const T lzs = z_s[j] * inv_t - lse_zs, lzt = z_t[j] * inv_t - lse_zt;
+    const T lls = ls[j] * inv_t - lse_ls, llt = lt[j] * inv_t - lse_lt;
     kl_dist += kl_elem(p_zt[j], lzt, lzs);
     kl_supp_s += kl_elem(p_ls[j], lls, lzs);
     kl_supp_t += kl_elem(p_lt[j], llt, lzt);
@@ -249,52 +239,58 @@ template <typename T>
   in.terms[3] = t2 * kl_logit;
   if (in.grad_y_s == nullptr) return;
   T *gys = in.grad_y_s, *gyt = in.grad_y_t, *gls = in.grad_logit_s, *glt = in.grad_logit_t;
-  const T s_dist = c.s_dist, s_supp = c.s_supp, s_logit = c.s_logit, s_gauss = c.s_gauss;
+  const KlRows<T> kl{kl_dist, kl_supp_s, kl_supp_t, kl_logit};
+  const RowScales<T> scales = c;
+  // The per-class arguments are temporaries: a named struct inside an `omp simd` loop becomes a per-lane array in
+  // memory, and the loop is no longer vectorised.
 #pragma omp simd
   for (int64_t j = 0; j < k; ++j) {
-    const T lzs = z_s[j] * inv_t - lse[0], lzt = z_t[j] * inv_t - lse[1];
-    const T lls = ls[j] * inv_t - lse[2], llt = lt[j] * inv_t - lse[3];
-    const T dz_t = kl_grad_first(p_zt[j], lzt, lzs, kl_dist, s_dist) + kl_grad_second(p_lt[j], p_zt[j], s_supp);
-    const T dz_s = kl_grad_second(p_zt[j], p_zs[j], s_dist) + kl_grad_second(p_ls[j], p_zs[j], s_supp);
-    gls[j] = kl_grad_first(p_ls[j], lls, lzs, kl_supp_s, s_supp) + kl_grad_second(p_lt[j], p_ls[j], s_logit);
-    glt[j] = kl_grad_first(p_lt[j], llt, lzt, kl_supp_t, s_supp) + kl_grad_first(p_lt[j], llt, lls, kl_logit, s_logit);
-    const GaussGrad<T> g = weighted_gauss_grad(gauss_terms(mu_s[j], std_s[j], mu_t[j], std_t[j]), s_gauss);
-    const T dlv_s = g.logvar_s + dz_s * sample_dlogvar(std_s[j], es[j]);
-    const T dlv_t = g.logvar_t + dz_t * sample_dlogvar(std_t[j], et[j]);
-    gys[j] = dz_s + g.mu_s;
-    gyt[j] = dz_t + g.mu_t;
-    gys[k + j] = dlv_s * clamp_grad(r_s[j], bound);
-    gyt[k + j] = dlv_t * clamp_grad(r_t[j], bound);
+    const RowGrads<T> g = row_grads(
+        PerSoftmax<T>{p_zs[j], p_zt[j], p_ls[j], p_lt[j]},
+        PerSoftmax<T>{z_s[j] * inv_t - lse_zs, z_t[j] * inv_t - lse_zt, ls[j] * inv_t - lse_ls, lt[j] * inv_t - lse_lt},
+        kl, HeadSample<T>{mu_s[j], r_s[j], std_s[j], kNoisyS ? es[j] : T(0), kNoisyS},
+        HeadSample<T>{mu_t[j], r_t[j], std_t[j], kNoisyT ? et[j] : T(0), kNoisyT}, scales);
+    gys[j] = g.mu_s;
+    gys[k + j] = g.raw_logvar_s;
+    gyt[j] = g.mu_t;
+    gyt[k + j] = g.raw_logvar_t;
+    gls[j] = g.logit_s;
+    glt[j] = g.logit_t;
   }
 }
 
-// Compiled for AVX2 and the baseline (float and double), the loader picks one per CPU.
-UKD_MULTIVERSION void row_kernel_f32(int64_t k, const Row<float>& in, const RowConsts<float>& c, float* scratch,
-                                     float* z) {
-  row_kernel<float>(k, in, c, scratch, z);
+template <typename T>
+[[gnu::always_inline]] inline void row_kernel_for_noise(int64_t k, const Row<T>& in, const RowScales<T>& c,
+                                                        T* scratch, T* z) {
+  if (in.eps_s != nullptr && in.eps_t != nullptr) return row_kernel<T, true, true>(k, in, c, scratch, z);
+  if (in.eps_s != nullptr) return row_kernel<T, true, false>(k, in, c, scratch, z);
+  if (in.eps_t != nullptr) return row_kernel<T, false, true>(k, in, c, scratch, z);
+  return row_kernel<T, false, false>(k, in, c, scratch, z);
 }
-UKD_MULTIVERSION void row_kernel_f64(int64_t k, const Row<double>& in, const RowConsts<double>& c, double* scratch,
+
+// Compiled for AVX2 and the baseline (float and double), the loader picks one per CPU.
+UKD_MULTIVERSION void row_kernel_f32(int64_t k, const Row<float>& in, const RowScales<float>& c, float* scratch,
+                                     float* z) {
+  row_kernel_for_noise<float>(k, in, c, scratch, z);
+}
+UKD_MULTIVERSION void row_kernel_f64(int64_t k, const Row<double>& in, const RowScales<double>& c, double* scratch,
                                      double* z) {
-  row_kernel<double>(k, in, c, scratch, z);
+  row_kernel_for_noise<double>(k, in, c, scratch, z);
 }
 
 // One pass over the B rows of [μ; r] (student and teacher) and the logits: per-row terms into `rows` (B, 4)
 // and, when the grad pointers are non-null, the gradients of the weighted mean loss.
 template <typename T>
 void row_pass(int64_t batch, int64_t k, const T* y_s, const T* y_t, const T* l_s, const T* l_t, const T* eps_s,
-              const T* eps_t, const Weights& w, T* rows, T* gy_s, T* gy_t, T* gl_s, T* gl_t) {
-  const T temp = static_cast<T>(w.temperature), per_row = T(1) / static_cast<T>(batch);
-  const RowConsts<T> c{temp, T(1) / temp, static_cast<T>(w.bound), static_cast<T>(w.dist) * temp * per_row,
-                       static_cast<T>(w.supp) * temp * per_row, static_cast<T>(w.logit) * temp * per_row,
-                       static_cast<T>(w.gauss) * per_row};
+              const T* eps_t, const LossOptions& options, T* rows, T* gy_s, T* gy_t, T* gl_s, T* gl_t) {
+  const RowScales<T> c = row_scales<T>(options, batch);
   const bool grads = gy_s != nullptr;
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> scratch(8 * k + ((eps_s && eps_t) ? 0 : k), T(0));  // the last K stay zero: "no noise"
-    const T* zeros = scratch.data() + 8 * k;
+    std::vector<T> scratch(8 * k);
     for (int64_t b = begin; b < end; ++b) {
       const T *mu_s = y_s + b * 2 * k, *mu_t = y_t + b * 2 * k;
       const Row<T> row{mu_s, mu_s + k, mu_t, mu_t + k, l_s + b * k, l_t + b * k,
-                       eps_s ? eps_s + b * k : zeros, eps_t ? eps_t + b * k : zeros, rows + 4 * b,
+                       eps_s ? eps_s + b * k : nullptr, eps_t ? eps_t + b * k : nullptr, rows + 4 * b,
                        grads ? gy_s + b * 2 * k : nullptr, grads ? gy_t + b * 2 * k : nullptr,
                        grads ? gl_s + b * k : nullptr, grads ? gl_t + b * k : nullptr};
       if constexpr (std::is_same_v<T, float>) {
@@ -332,14 +328,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused
   } else {
     for (Tensor* t : {&gy_s, &gy_t, &gl_s, &gl_t, &pooled_s, &pooled_t}) *t = at::empty({0}, opts);  // distinct: no aliasing
   }
-  const Weights w{temperature, dist_weight, gauss_weight, supp_weight, logit_weight, logvar_bound};
+  const LossOptions options{temperature, dist_weight, gauss_weight, supp_weight, logit_weight, logvar_bound};
   AT_DISPATCH_FLOATING_TYPES(dtype, "ukd_rows", [&] {
     auto ptr = [&](const Tensor& t) { return need_grads ? t.data_ptr<scalar_t>() : nullptr; };
     auto opt = [&](const std::optional<Tensor>& t) {
       return t.has_value() ? t->data_ptr<scalar_t>() : static_cast<scalar_t*>(nullptr);
     };
     row_pass<scalar_t>(batch, k, y_s.data_ptr<scalar_t>(), y_t.data_ptr<scalar_t>(), logits_s.data_ptr<scalar_t>(),
-                       logits_t.data_ptr<scalar_t>(), opt(noise_s), opt(noise_t), w, rows.data_ptr<scalar_t>(),
+                       logits_t.data_ptr<scalar_t>(), opt(noise_s), opt(noise_t), options, rows.data_ptr<scalar_t>(),
                        ptr(gy_s), ptr(gy_t), ptr(gl_s), ptr(gl_t));
   });
   // Fixed-order mean over rows, then the weighted sum.
@@ -355,75 +351,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused
   });
   Tensor loss = at::empty({}, opts);
   AT_DISPATCH_FLOATING_TYPES(dtype, "ukd_total", [&] {
-    const scalar_t* c = components.data_ptr<scalar_t>();
-    auto term = [](double w, scalar_t v) { return weighted_term(static_cast<scalar_t>(w), v); };
-    loss.data_ptr<scalar_t>()[0] = term(dist_weight, c[0]) + term(gauss_weight, c[1]) + term(supp_weight, c[2]) +
-                                   term(logit_weight, c[3]);
+    loss.data_ptr<scalar_t>()[0] = weighted_loss(term_weights<scalar_t>(options), components.data_ptr<scalar_t>());
   });
   return {loss, components, pooled_s, pooled_t, gy_s, gy_t, gl_s, gl_t};
-}
-
-// ------------------------------------------------------------------------------------------- backward
-template <typename scalar_t, typename acc_t>
-void broadcast_task(const StageView& st, const PoolTask& t, const acc_t* grad, int64_t grad_stride, scalar_t* out) {
-  const acc_t* src = grad + t.b * grad_stride + st.column;
-  const acc_t hw = static_cast<acc_t>(st.hw);  // a division, as the broadcast-view path does: equal bits
-  if (!st.channels_last) {
-    for (int64_t c = t.c0; c < t.c1; ++c) {
-      const scalar_t v = static_cast<scalar_t>(src[c] / hw);
-      scalar_t* dst = out + (t.b * st.channels + c) * st.hw;
-      std::fill(dst, dst + st.hw, v);
-    }
-    return;
-  }
-  const int64_t width = t.c1 - t.c0;
-  std::vector<scalar_t> row(width);
-  for (int64_t j = 0; j < width; ++j) row[j] = static_cast<scalar_t>(src[t.c0 + j] / hw);
-  scalar_t* base = out + t.b * st.hw * st.channels + t.c0;
-  for (int64_t p = 0; p < st.hw; ++p) std::copy(row.begin(), row.end(), base + p * st.channels);
-}
-
-std::vector<Tensor> pool_backward_cpu(const Tensor& grad_pooled, at::TensorList feats) {
-  TORCH_CHECK(grad_pooled.is_contiguous() && grad_pooled.dim() == 2, "ukd: grad_pooled must be a contiguous (B, ΣC)");
-  const int64_t batch = grad_pooled.size(0), cols = grad_pooled.size(1);
-  std::vector<StageView> stages;
-  std::vector<Tensor> grads;
-  int64_t column = 0;
-  for (const auto& f : feats) {
-    StageView st = view_of(f, column);
-    column += f.size(1);
-    grads.push_back(at::empty_like(f, st.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
-    st.data = grads.back().data_ptr();
-    stages.push_back(st);
-  }
-  TORCH_CHECK(column == cols, "ukd: grad_pooled has ", cols, " columns but the features have ", column, " channels");
-  const auto tasks = plan_tasks(stages, batch);
-  AT_DISPATCH_FLOATING_TYPES(grad_pooled.scalar_type(), "ukd_pool_backward", [&] {
-    using acc_t = scalar_t;
-    const acc_t* g = grad_pooled.data_ptr<acc_t>();
-    at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const auto& t = tasks[i];
-        const auto& st = stages[t.stage];
-        void* out = const_cast<void*>(st.data);
-        switch (st.dtype) {
-          case at::kFloat: broadcast_task(st, t, g, cols, static_cast<float*>(out)); break;
-          case at::kDouble: broadcast_task(st, t, g, cols, static_cast<double*>(out)); break;
-          case at::kHalf: broadcast_task(st, t, g, cols, static_cast<at::Half*>(out)); break;
-          case at::kBFloat16: broadcast_task(st, t, g, cols, static_cast<at::BFloat16*>(out)); break;
-          default: TORCH_CHECK(false, "ukd: unsupported feature dtype");
-        }
-      }
-    });
-  });
-  return grads;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ukd, CPU, m) {
   m.impl("fused_forward", &fused_forward_cpu);
-  m.impl("pool_backward", &pool_backward_cpu);
 }
 
 }  // namespace ukd

@@ -1,4 +1,4 @@
-// The CUDA-dispatch-key implementations of ukd::fused_forward and ukd::pool_backward.
+// The CUDA-dispatch-key implementation of ukd::fused_forward.
 //
 // Validation, allocation and the projection [μ; r] = p Wᵀ + b (at::addmm, i.e. cuBLAS) happen here; the kernels
 // live in ukd_cuda_kernels.cu behind the torch-free interface of ukd_cuda.cuh. Semantics are those of
@@ -10,7 +10,6 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -56,27 +55,21 @@ StageDesc desc_of(const Tensor& f, int64_t column, void* pooled, int64_t pooled_
 template <typename T>
 cuda::RowArgs<T> row_args(const Tensor& y_s, const Tensor& y_t, const Tensor& logits_s, const Tensor& logits_t,
                           const std::optional<Tensor>& noise_s, const std::optional<Tensor>& noise_t, Tensor& rows,
-                          Tensor* grads, double temperature, double dist_weight, double gauss_weight,
-                          double supp_weight, double logit_weight, double logvar_bound) {
+                          Tensor* grads, const LossOptions& options) {
   const int64_t batch = logits_s.size(0), k = logits_s.size(1);
-  const T temp = static_cast<T>(temperature), per_row = T(1) / static_cast<T>(batch);
   auto opt = [](const std::optional<Tensor>& t) { return t.has_value() ? t->data_ptr<T>() : nullptr; };
   auto out = [&](int i) { return grads ? grads[i].data_ptr<T>() : nullptr; };
   return {y_s.data_ptr<T>(), y_t.data_ptr<T>(), logits_s.data_ptr<T>(), logits_t.data_ptr<T>(), opt(noise_s),
-          opt(noise_t), rows.data_ptr<T>(), out(0), out(1), out(2), out(3), batch, k, temp, T(1) / temp,
-          static_cast<T>(logvar_bound), static_cast<T>(dist_weight) * temp * per_row,
-          static_cast<T>(supp_weight) * temp * per_row, static_cast<T>(logit_weight) * temp * per_row,
-          static_cast<T>(gauss_weight) * per_row};
+          opt(noise_t), rows.data_ptr<T>(), out(0), out(1), out(2), out(3), batch, k,
+          row_scales<T>(options, batch)};
 }
 
 template <typename T>
 void rows_and_loss(const cuda::RowArgs<T>& args, const Tensor& rows, Tensor& components, Tensor& loss,
-                   const double (&weights)[4], cudaStream_t stream) {
+                   const LossOptions& options, cudaStream_t stream) {
   C10_CUDA_CHECK(cuda::launch_rows(args, stream));
-  cuda::ReduceArgs<T> reduce{rows.data_ptr<T>(), args.batch,
-                             {static_cast<T>(weights[0]), static_cast<T>(weights[1]), static_cast<T>(weights[2]),
-                              static_cast<T>(weights[3])},
-                             components.data_ptr<T>(), loss.data_ptr<T>()};
+  const cuda::ReduceArgs<T> reduce{rows.data_ptr<T>(), args.batch, term_weights<T>(options),
+                                   components.data_ptr<T>(), loss.data_ptr<T>()};
   C10_CUDA_CHECK(cuda::launch_reduce(reduce, stream));
 }
 
@@ -139,16 +132,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused
   }
   Tensor components = at::empty({4}, opts);
   Tensor loss = at::empty({}, opts);
-  const double weights[4] = {dist_weight, gauss_weight, supp_weight, logit_weight};
+  const LossOptions options{temperature, dist_weight, gauss_weight, supp_weight, logit_weight, logvar_bound};
   Tensor* grad_ptr = need_grads ? grads : nullptr;
   if (f64) {
-    rows_and_loss(row_args<double>(y_s, y_t, logits_s, logits_t, noise_s, noise_t, rows, grad_ptr, temperature,
-                                   dist_weight, gauss_weight, supp_weight, logit_weight, logvar_bound),
-                  rows, components, loss, weights, stream);
+    rows_and_loss(row_args<double>(y_s, y_t, logits_s, logits_t, noise_s, noise_t, rows, grad_ptr, options), rows,
+                  components, loss, options, stream);
   } else {
-    rows_and_loss(row_args<float>(y_s, y_t, logits_s, logits_t, noise_s, noise_t, rows, grad_ptr, temperature,
-                                  dist_weight, gauss_weight, supp_weight, logit_weight, logvar_bound),
-                  rows, components, loss, weights, stream);
+    rows_and_loss(row_args<float>(y_s, y_t, logits_s, logits_t, noise_s, noise_t, rows, grad_ptr, options), rows,
+                  components, loss, options, stream);
   }
   if (!need_grads) {
     for (Tensor* t : {&grads[0], &grads[1], &grads[2], &grads[3], &pooled_s, &pooled_t}) {
@@ -158,35 +149,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused
   return {loss, components, pooled_s, pooled_t, grads[0], grads[1], grads[2], grads[3]};
 }
 
-std::vector<Tensor> pool_backward_cuda(const Tensor& grad_pooled, at::TensorList feats) {
-  TORCH_CHECK(grad_pooled.is_contiguous() && grad_pooled.dim() == 2, "ukd: grad_pooled must be a contiguous (B, ΣC)");
-  const auto dtype = grad_pooled.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, "ukd: grad_pooled must be float32 or float64, got ", dtype);
-  const at::Device device = grad_pooled.device();
-  const c10::cuda::CUDAGuard guard(device);
-  const int64_t batch = grad_pooled.size(0), cols = grad_pooled.size(1);
-  std::vector<StageDesc> stages;
-  std::vector<Tensor> grads;
-  int64_t column = 0;
-  for (const auto& f : feats) {
-    check_device(f, device);
-    StageDesc st = desc_of(f, column, grad_pooled.data_ptr(), cols);
-    column += f.size(1);
-    grads.push_back(at::empty_like(f, st.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
-    st.feat = grads.back().data_ptr();
-    stages.push_back(st);
-  }
-  TORCH_CHECK(column == cols, "ukd: grad_pooled has ", cols, " columns but the features have ", column, " channels");
-  C10_CUDA_CHECK(cuda::launch_pool_backward(stages.data(), static_cast<int>(stages.size()), batch,
-                                            dtype == at::kDouble, c10::cuda::getCurrentCUDAStream()));
-  return grads;
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(ukd, CUDA, m) {
   m.impl("fused_forward", &fused_forward_cuda);
-  m.impl("pool_backward", &pool_backward_cuda);
 }
 
 }  // namespace ukd

@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "ukd_math.h"
+
 namespace ukd {
 namespace cuda {
 
@@ -15,39 +17,35 @@ enum class DType : int8_t { kFloat32, kFloat64, kFloat16, kBFloat16 };
 
 // One stage of one network: a (B, C, H, W) map in NCHW or channels_last memory, or a (B, C) matrix (hw = 1).
 struct StageDesc {
-  void* feat;          // the feature map (read by pooling) or its gradient (written by pool_backward)
+  const void* feat;
   DType dtype;
   bool channels_last;  // as ukd_cpu.cpp's view_of decides it
   int64_t channels, hw;
-  void* pooled;        // (B, ΣC) matrix in the compute dtype: the pooled output, or the incoming gradient
+  void* pooled;        // the (B, ΣC) pooled output in the compute dtype
   int64_t pooled_stride, column;
 };
 
 // Pools every stage (both networks at once); `acc_double` selects the float64 compute dtype.
 cudaError_t launch_pool(const StageDesc* stages, int count, int64_t batch, bool acc_double, cudaStream_t stream);
 
-// Writes each stage's gradient, pooled[b, column + c] / hw broadcast over its H·W positions.
-cudaError_t launch_pool_backward(const StageDesc* stages, int count, int64_t batch, bool acc_double,
-                                 cudaStream_t stream);
-
 // The row pass: [μ; r] rows of both heads and both logits in, the (B, 4) per-row terms and (when gy_s is
-// non-null) the gradients out. Mirrors ukd_cpu.cpp's row_pass; scales are those it computes.
+// non-null) the gradients out. Mirrors ukd_cpu.cpp's row_pass.
 template <typename T>
 struct RowArgs {
-  const T *y_s, *y_t, *l_s, *l_t, *eps_s, *eps_t;  // eps may be null
+  const T *y_s, *y_t, *l_s, *l_t, *eps_s, *eps_t;  // eps: null when there is no noise
   T *rows, *gy_s, *gy_t, *gl_s, *gl_t;             // the four grads are all null or all set
   int64_t batch, k;
-  T temp, inv_t, bound, s_dist, s_supp, s_logit, s_gauss;
+  RowScales<T> scales;
 };
 cudaError_t launch_rows(const RowArgs<float>& args, cudaStream_t stream);
 cudaError_t launch_rows(const RowArgs<double>& args, cudaStream_t stream);
 
-// components[v] = mean over the B rows of rows[:, v] in a fixed order; loss = Σ_v weights[v]·components[v].
+// components[v] = mean over the B rows of rows[:, v] in a fixed order; loss = weighted_loss(weights, components).
 template <typename T>
 struct ReduceArgs {
   const T* rows;
   int64_t batch;
-  T weights[4];
+  TermWeights<T> weights;
   T *components, *loss;
 };
 cudaError_t launch_reduce(const ReduceArgs<float>& args, cudaStream_t stream);

@@ -4,7 +4,6 @@
 //   row_kernel            the row pass, one block per row, the row held in registers (K ≤ 256·kItems)
 //   row_stream_kernel     the same for any K, re-reading the row from global memory (L1/L2) in each phase
 //   reduce_kernel         the (B, 4) per-row terms to the four means and the loss, in a fixed order
-//   pool_backward_kernel  each feature gradient written once, one block per (sample, channel chunk)
 //
 // No atomics: every output element is produced by one thread (or one lane group) in a fixed order, so results
 // are identical from run to run. All math goes through ukd_math.h, shared with the CPU kernels.
@@ -54,30 +53,6 @@ __device__ __forceinline__ A to_acc(__nv_bfloat16 x) {
   return static_cast<A>(__bfloat162float(x));
 }
 
-// Narrowing as the CPU kernels do it: a double goes through float on its way to half or bfloat16.
-template <typename S>
-struct Narrow;
-template <>
-struct Narrow<float> {
-  template <typename A>
-  __device__ static float from(A x) { return static_cast<float>(x); }
-};
-template <>
-struct Narrow<double> {
-  template <typename A>
-  __device__ static double from(A x) { return static_cast<double>(x); }
-};
-template <>
-struct Narrow<__half> {
-  template <typename A>
-  __device__ static __half from(A x) { return __float2half_rn(static_cast<float>(x)); }
-};
-template <>
-struct Narrow<__nv_bfloat16> {
-  template <typename A>
-  __device__ static __nv_bfloat16 from(A x) { return __float2bfloat16_rn(static_cast<float>(x)); }
-};
-
 // One 16-byte read-only load (p 16-byte aligned), widened to the accumulation type.
 template <typename A, typename S>
 __device__ __forceinline__ void load16(const S* p, A (&out)[vec_of<S>()]) {
@@ -86,17 +61,6 @@ __device__ __forceinline__ void load16(const S* p, A (&out)[vec_of<S>()]) {
 #pragma unroll
   for (int j = 0; j < vec_of<S>(); ++j) out[j] = to_acc<A>(e[j]);
 }
-
-template <typename S>
-__device__ __forceinline__ uint4 pack16(const S (&v)[vec_of<S>()]) {
-  uint4 raw;
-  S* e = reinterpret_cast<S*>(&raw);
-#pragma unroll
-  for (int j = 0; j < vec_of<S>(); ++j) e[j] = v[j];
-  return raw;
-}
-
-__device__ __forceinline__ void store16(void* p, uint4 raw) { *reinterpret_cast<uint4*>(p) = raw; }
 
 // Elements before the first 16-byte boundary of a run starting at p (0 when p is aligned), at most n.
 template <typename S>
@@ -107,7 +71,7 @@ __device__ __forceinline__ int64_t head_of(const S* p, int64_t n) {
 
 // ------------------------------------------------------------------------------------- pooling: the plan
 struct PoolStage {
-  void* feat;
+  const void* feat;
   void* pooled;
   int64_t pooled_stride, column, channels, hw;
   int64_t first_block, chunks;  // this stage owns blocks [first_block, first_block + batch·chunks)
@@ -241,79 +205,6 @@ __global__ void __launch_bounds__(kPoolThreads) pool_kernel(const PoolTable tabl
   }
 }
 
-// -------------------------------------------------------------------------------------- pooling: backward
-template <typename S, typename A>
-__device__ void fill_nchw(const PoolStage& st, int64_t b, int64_t chunk) {
-  constexpr int V = vec_of<S>();
-  const int lanes = 1 << st.lanes_log2;
-  const int lane = threadIdx.x & (lanes - 1);
-  const int64_t c = chunk * st.chunk_channels + (threadIdx.x >> st.lanes_log2);
-  if (c >= st.channels) return;
-  const A hw = static_cast<A>(st.hw);  // a division, as the broadcast-view path does: equal bits
-  const S value = Narrow<S>::from(static_cast<const A*>(st.pooled)[b * st.pooled_stride + st.column + c] / hw);
-  S* run = static_cast<S*>(st.feat) + (b * st.channels + c) * st.hw;
-  const int64_t n = st.hw, head = head_of(run, n), nvec = (n - head) / V;
-  for (int64_t i = lane; i < head; i += lanes) run[i] = value;
-  S splat[V];
-#pragma unroll
-  for (int j = 0; j < V; ++j) splat[j] = value;
-  const uint4 raw = pack16(splat);
-  S* body = run + head;
-#pragma unroll 4
-  for (int64_t i = lane; i < nvec; i += lanes) store16(body + i * V, raw);
-  for (int64_t i = head + nvec * V + lane; i < n; i += lanes) run[i] = value;
-}
-
-template <typename S, typename A>
-__device__ void fill_nhwc(const PoolStage& st, int64_t b, int64_t chunk) {
-  constexpr int V = vec_of<S>();
-  const int tx_count = 1 << st.lanes_log2, ty_count = kPoolThreads >> st.lanes_log2;
-  const int tx = threadIdx.x & (tx_count - 1), ty = threadIdx.x >> st.lanes_log2;
-  const int64_t c = chunk * st.chunk_channels + static_cast<int64_t>(tx) * V, C = st.channels;
-  if (c >= C) return;
-  const A hw = static_cast<A>(st.hw);
-  const A* grad = static_cast<const A*>(st.pooled) + b * st.pooled_stride + st.column + c;
-  const int64_t width = C - c;
-  S values[V];
-#pragma unroll
-  for (int j = 0; j < V; ++j) values[j] = Narrow<S>::from(j < width ? grad[j] / hw : A(0));
-  S* base = static_cast<S*>(st.feat) + b * st.hw * C + c;
-  if (st.aligned) {
-    const uint4 raw = pack16(values);
-#pragma unroll 4
-    for (int64_t p = ty; p < st.hw; p += ty_count) store16(base + p * C, raw);
-    return;
-  }
-  for (int64_t p = ty; p < st.hw; p += ty_count) {
-#pragma unroll
-    for (int j = 0; j < V; ++j) {
-      if (j < width) base[p * C + j] = values[j];
-    }
-  }
-}
-
-template <typename S, typename A>
-__device__ __forceinline__ void fill_stage(const PoolStage& st, int64_t b, int64_t chunk) {
-  if (st.nhwc) {
-    fill_nhwc<S, A>(st, b, chunk);
-  } else {
-    fill_nchw<S, A>(st, b, chunk);
-  }
-}
-
-template <typename A>
-__global__ void __launch_bounds__(kPoolThreads) pool_backward_kernel(const PoolTable table) {
-  const PoolStage& st = find_stage(table, blockIdx.x);
-  const int64_t local = static_cast<int64_t>(blockIdx.x) - st.first_block;
-  const int64_t b = local / st.chunks, chunk = local % st.chunks;
-  switch (st.dtype) {
-    case DType::kFloat32: fill_stage<float, A>(st, b, chunk); break;
-    case DType::kFloat64: fill_stage<double, A>(st, b, chunk); break;
-    case DType::kFloat16: fill_stage<__half, A>(st, b, chunk); break;
-    case DType::kBFloat16: fill_stage<__nv_bfloat16, A>(st, b, chunk); break;
-  }
-}
-
 // ------------------------------------------------------------------------------------------ the row pass
 // Vector index v: 0 z_s, 1 z_t, 2 l_s, 3 l_t (as ukd_cpu.cpp's `src`). x = value / T; log p = x − lse.
 template <typename T>
@@ -328,6 +219,12 @@ __device__ __forceinline__ Row<T> row_of(const RowArgs<T>& a, int64_t b) {
           a.eps_s ? a.eps_s + b * a.k : nullptr, a.eps_t ? a.eps_t + b * a.k : nullptr};
 }
 
+// A null ε (no noise) is never read: z = μ.
+template <typename T>
+__device__ __forceinline__ HeadSample<T> head_sample(T mu, T raw_logvar, T std, const T* eps, int64_t j) {
+  return {mu, raw_logvar, std, eps ? eps[j] : T(0), eps != nullptr};
+}
+
 template <typename T>
 struct Elem {
   T std_s, std_t, gauss, x[4];
@@ -335,16 +232,17 @@ struct Elem {
 
 template <typename T>
 __device__ __forceinline__ Elem<T> load_elem(const Row<T>& r, const RowArgs<T>& a, int64_t j) {
-  const T mu_s = r.mu_s[j], mu_t = r.mu_t[j];
-  const T lv_s = clamp_logvar(r.r_s[j], a.bound), lv_t = clamp_logvar(r.r_t[j], a.bound);
+  const RowScales<T>& c = a.scales;
+  const T mu_s = r.mu_s[j], mu_t = r.mu_t[j], r_s = r.r_s[j], r_t = r.r_t[j];
+  const T lv_s = clamp_logvar(r_s, c.bound), lv_t = clamp_logvar(r_t, c.bound);
   Elem<T> e;
   e.std_s = std_of(lv_s);
   e.std_t = std_of(lv_t);
   e.gauss = gauss_elem(gauss_terms(mu_s, e.std_s, mu_t, e.std_t), lv_s, lv_t);
-  e.x[0] = (r.eps_s ? sample(mu_s, e.std_s, r.eps_s[j]) : mu_s) * a.inv_t;
-  e.x[1] = (r.eps_t ? sample(mu_t, e.std_t, r.eps_t[j]) : mu_t) * a.inv_t;
-  e.x[2] = r.l_s[j] * a.inv_t;
-  e.x[3] = r.l_t[j] * a.inv_t;
+  e.x[0] = sample_of(head_sample(mu_s, r_s, e.std_s, r.eps_s, j)) * c.inv_t;
+  e.x[1] = sample_of(head_sample(mu_t, r_t, e.std_t, r.eps_t, j)) * c.inv_t;
+  e.x[2] = r.l_s[j] * c.inv_t;
+  e.x[3] = r.l_t[j] * c.inv_t;
   return e;
 }
 
@@ -361,19 +259,17 @@ template <typename T>
 __device__ __forceinline__ void write_grads(const RowArgs<T>& a, int64_t b, const Row<T>& r, int64_t j,
                                             const T (&p)[4], const T (&lp)[4], T std_s, T std_t,
                                             const T (&kl)[4]) {
-  const T dz_t = kl_grad_first(p[1], lp[1], lp[0], kl[0], a.s_dist) + kl_grad_second(p[3], p[1], a.s_supp);
-  const T dz_s = kl_grad_second(p[1], p[0], a.s_dist) + kl_grad_second(p[2], p[0], a.s_supp);
-  a.gl_s[b * a.k + j] = kl_grad_first(p[2], lp[2], lp[0], kl[1], a.s_supp) + kl_grad_second(p[3], p[2], a.s_logit);
-  a.gl_t[b * a.k + j] =
-      kl_grad_first(p[3], lp[3], lp[1], kl[2], a.s_supp) + kl_grad_first(p[3], lp[3], lp[2], kl[3], a.s_logit);
-  const GaussGrad<T> g = gauss_grad(gauss_terms(r.mu_s[j], std_s, r.mu_t[j], std_t), a.s_gauss);
-  const T dlv_s = g.logvar_s + (r.eps_s ? dz_s * sample_dlogvar(std_s, r.eps_s[j]) : T(0));
-  const T dlv_t = g.logvar_t + (r.eps_t ? dz_t * sample_dlogvar(std_t, r.eps_t[j]) : T(0));
+  const RowGrads<T> g = row_grads(PerSoftmax<T>{p[0], p[1], p[2], p[3]}, PerSoftmax<T>{lp[0], lp[1], lp[2], lp[3]},
+                                  KlRows<T>{kl[0], kl[1], kl[2], kl[3]},
+                                  head_sample(r.mu_s[j], r.r_s[j], std_s, r.eps_s, j),
+                                  head_sample(r.mu_t[j], r.r_t[j], std_t, r.eps_t, j), a.scales);
   T *gy_s = a.gy_s + b * 2 * a.k, *gy_t = a.gy_t + b * 2 * a.k;
-  gy_s[j] = dz_s + g.mu_s;
-  gy_t[j] = dz_t + g.mu_t;
-  gy_s[a.k + j] = dlv_s * clamp_grad(r.r_s[j], a.bound);
-  gy_t[a.k + j] = dlv_t * clamp_grad(r.r_t[j], a.bound);
+  gy_s[j] = g.mu_s;
+  gy_s[a.k + j] = g.raw_logvar_s;
+  gy_t[j] = g.mu_t;
+  gy_t[a.k + j] = g.raw_logvar_t;
+  a.gl_s[b * a.k + j] = g.logit_s;
+  a.gl_t[b * a.k + j] = g.logit_t;
 }
 
 // Two blocks per SM (≤ 128 registers) for float32 rows; one for float64, which ptxas otherwise squeezes into
@@ -444,11 +340,12 @@ __device__ void block_sum4(T (&v)[4], T (&scratch)[kRowWarps][4]) {
 template <typename T>
 __device__ __forceinline__ void write_row(const RowArgs<T>& a, int64_t b, T gauss, const T (&kl)[4]) {
   if (threadIdx.x != 0) return;
+  const T t2 = a.scales.temp * a.scales.temp;
   T* row = a.rows + 4 * b;
-  row[0] = a.temp * a.temp * kl[0];
+  row[0] = t2 * kl[0];
   row[1] = gauss;
-  row[2] = a.temp * a.temp * (kl[1] + kl[2]);
-  row[3] = a.temp * a.temp * kl[3];
+  row[2] = t2 * (kl[1] + kl[2]);
+  row[3] = t2 * kl[3];
 }
 
 // One block per row; thread t holds classes t, t + blockDim, ... (kItems of them) in registers. Six exps per
@@ -581,10 +478,7 @@ __global__ void __launch_bounds__(kReduceThreads) reduce_kernel(const ReduceArgs
     a.components[v] = component[v];
   }
   __syncthreads();
-  if (threadIdx.x == 0) {
-    *a.loss = a.weights[0] * component[0] + a.weights[1] * component[1] + a.weights[2] * component[2] +
-              a.weights[3] * component[3];
-  }
+  if (threadIdx.x == 0) *a.loss = weighted_loss(a.weights, component);
 }
 
 // ----------------------------------------------------------------------------------------------- launchers
@@ -626,7 +520,7 @@ size_t plan_stage(const StageDesc& d, size_t acc_size, int64_t first_block, Pool
   return smem;
 }
 
-template <typename A, bool kBackward>
+template <typename A>
 cudaError_t launch_pool_impl(const StageDesc* stages, int count, int64_t batch, cudaStream_t stream) {
   for (int first = 0; first < count; first += kMaxStages) {
     PoolTable table{};
@@ -639,11 +533,7 @@ cudaError_t launch_pool_impl(const StageDesc* stages, int count, int64_t batch, 
     }
     if (blocks == 0) continue;
     if (blocks > INT_MAX) return cudaErrorInvalidConfiguration;
-    if (kBackward) {
-      pool_backward_kernel<A><<<static_cast<unsigned>(blocks), kPoolThreads, 0, stream>>>(table);
-    } else {
-      pool_kernel<A><<<static_cast<unsigned>(blocks), kPoolThreads, smem, stream>>>(table);
-    }
+    pool_kernel<A><<<static_cast<unsigned>(blocks), kPoolThreads, smem, stream>>>(table);
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
@@ -688,14 +578,8 @@ cudaError_t launch_reduce_impl(const ReduceArgs<T>& a, cudaStream_t stream) {
 }  // namespace
 
 cudaError_t launch_pool(const StageDesc* stages, int count, int64_t batch, bool acc_double, cudaStream_t stream) {
-  return acc_double ? launch_pool_impl<double, false>(stages, count, batch, stream)
-                    : launch_pool_impl<float, false>(stages, count, batch, stream);
-}
-
-cudaError_t launch_pool_backward(const StageDesc* stages, int count, int64_t batch, bool acc_double,
-                                 cudaStream_t stream) {
-  return acc_double ? launch_pool_impl<double, true>(stages, count, batch, stream)
-                    : launch_pool_impl<float, true>(stages, count, batch, stream);
+  return acc_double ? launch_pool_impl<double>(stages, count, batch, stream)
+                    : launch_pool_impl<float>(stages, count, batch, stream);
 }
 
 cudaError_t launch_rows(const RowArgs<float>& args, cudaStream_t stream) { return launch_rows_impl(args, stream); }

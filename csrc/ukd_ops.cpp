@@ -5,15 +5,12 @@
 
 TORCH_LIBRARY(ukd, m) {
   // Returns (loss, components[4], pooled_s, pooled_t, grad_y_s, grad_y_t, grad_logits_s, grad_logits_t);
-  // the last six are empty when need_grads is false. See ukd/backends/__init__.py for the full contract.
+  // the last six are empty when need_grads is false. See ukd/op/backends/__init__.py for the full contract.
   m.def(
       "fused_forward(Tensor[] feats_s, Tensor[] feats_t, Tensor logits_s, Tensor logits_t, Tensor weight_s, "
       "Tensor bias_s, Tensor weight_t, Tensor bias_t, Tensor? noise_s, Tensor? noise_t, float temperature, "
       "float dist_weight, float gauss_weight, float supp_weight, float logit_weight, float logvar_bound, "
       "bool need_grads) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  // d loss / d feats[i] = grad_pooled[:, stage columns] / (H·W) broadcast over H, W: one write per element,
-  // in each feature's own dtype and memory format.
-  m.def("pool_backward(Tensor grad_pooled, Tensor[] feats) -> Tensor[]");
   // True when every element of every tensor is finite: the fused path's one-call check of its outputs.
   m.def("all_finite(Tensor[] tensors) -> bool");
 }

@@ -15,8 +15,6 @@ ARCHS = ("sm_80", "sm_90")
 EXPECTED = [
     "pool_kernel<float>",
     "pool_kernel<double>",
-    "pool_backward_kernel<float>",
-    "pool_backward_kernel<double>",
     "row_kernel<float, 1>",
     "row_kernel<float, 2>",
     "row_kernel<float, 4>",
