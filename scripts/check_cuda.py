@@ -204,8 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(kernels, f"sm_{arch}"))
     spilling = [k for k in kernels if k.spills]
     print()
-    print(f"compiled {len(sources)} sources for {', '.join('sm_' + a for a in args.arch)} in {elapsed:.1f} s "
-          f"({len(kernels)} kernel builds, {len(spilling)} with spills)")  # fmt: skip
+    print(
+        f"compiled {len(sources)} sources for {', '.join('sm_' + a for a in args.arch)} in {elapsed:.1f} s "
+        f"({len(kernels)} kernel builds, {len(spilling)} with spills)"
+    )
     for k in spilling:
         print(f"SPILL: {k.name} on {k.arch}: {k.spill_stores} B stored, {k.spill_loads} B loaded", file=sys.stderr)
     if args.json:
