@@ -6,11 +6,11 @@ traces around them as single graph nodes. :class:`UnifiedLoss`, a ``torch.autogr
 mode and under ``torch.compile`` alike (dynamo traces the Function and keeps the two ops opaque).
 
 Why this shape, by measurement (``python benchmarks/dispatch.py``, 2 threads): a call through a registered op costs
-~30 µs of Python dispatch and an ``autograd.Function.apply`` ~10 µs, so one forward+backward pays ~70 µs of glue,
-against 4.8 ms for the CIFAR-shape kernels; ``torch.library.register_autograd`` instead wraps every call in a
-generated Function with pytree handling of the inputs, which the previous layout measured at ~1 ms per
-forward+backward. The finite check (a data-dependent branch) sits inside the forward op, so a compiled graph never
-breaks on it.
+~30 µs of Python dispatch over the kernel it wraps and an ``autograd.Function.apply`` ~10 µs, so one
+forward+backward pays ~70 µs of glue, against 4.4–4.8 ms for the CIFAR-shape kernels;
+``torch.library.register_autograd`` instead wraps every call in a generated Function with pytree handling of the
+inputs, which the previous layout measured at ~1 ms per forward+backward. The finite check (a data-dependent
+branch) sits inside the forward op, so a compiled graph never breaks on it.
 
 What backward needs is saved, and nothing else: both head weights and the three ``Saved`` tensors of each network
 (``(B, C)``, ``(B, 2K)``, ``(B, K)``), never a feature map — only each feature's shape and dtype
@@ -18,8 +18,9 @@ What backward needs is saved, and nothing else: both head weights and the three 
 broadcast (stride-0) view of the pooled gradient. So teacher features made under ``torch.inference_mode()`` are
 accepted, and a feature may be modified in place after the loss. The view writes nothing feature-sized: the
 network's next backward op (ReLU, BN, conv) reads it and writes its own output anyway. Writing the gradient densely
-(the former ``UKD_DENSE_FEATURE_GRADS=1``) was measured in ``benchmarks/run.py`` as the ``cpu-dense`` variant:
-0.96–1.04× the view's time and 20× its peak memory at the CIFAR shape, so it went.
+(the former ``UKD_DENSE_FEATURE_GRADS=1``) was measured by ``benchmarks/run.py`` as the ``cpu-dense`` variant
+before it went: its forward+backward took 0.96–1.57× the view's time (CIFAR and ImageNet shapes, both allocator
+settings; never more than 4% faster) and 3.8–22× its peak memory.
 
 Autocast: inside an autocast region the op computes as outside it (float32, float64 when an input is float64) —
 the kernels disable autocast for their own GEMMs, like ``torch.amp.custom_fwd(cast_inputs=torch.float32)``.
