@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ukd.functional import ukd_loss
 from ukd.op import backends
+from ukd.op.options import OPTION_NAMES
 
 Stage = tuple[int, ...]  # (C, H, W) for a map, (C,) for a pooled input
 
@@ -32,7 +33,6 @@ BENCH_SHAPES: dict[str, dict] = {
     },
 }
 
-LOSS_KWARGS = ("temperature", "dist_weight", "gauss_weight", "supp_weight", "logit_weight", "logvar_bound")
 # the positional tensors of ukd_loss after the two feature lists
 SMALL_INPUTS = ("student_logits", "teacher_logits", "student_weight", "student_bias", "teacher_weight", "teacher_bias")
 
@@ -232,7 +232,7 @@ def module_reference(crit, student_feats, teacher_feats, student_logits, teacher
     if crit.fusion is not None:
         student_feats = [crit.fusion(student_feats, teacher_feats[0].shape[-2:])]
     heads = (*crit.student_head.parameters(), *crit.teacher_head.parameters())
-    opts = {name: getattr(crit.options, name) for name in LOSS_KWARGS}
+    opts = {name: getattr(crit.options, name) for name in OPTION_NAMES}
     return reference.unified_loss(
         student_feats, teacher_feats, student_logits, teacher_logits, *heads, noise_s=noise_s, noise_t=noise_t, **opts
     )
@@ -253,7 +253,7 @@ def compiled_reference_loss(case: Case) -> Tensor:
 
     if "fn" not in _compiled:
         _compiled["fn"] = torch.compile(reference.unified_loss)
-    opts = {k: v for k, v in case.options.items() if k in LOSS_KWARGS}
+    opts = {k: v for k, v in case.options.items() if k in OPTION_NAMES}
     return _compiled["fn"](*case.args(), noise_s=case.noise_s, noise_t=case.noise_t, **opts)[0]
 
 

@@ -18,7 +18,7 @@ from triton.runtime.interpreter import InterpretedFunction
 
 from ukd.op import reference
 from ukd.op.options import ForwardOutputs, Head, HeadGrads, LossOptions, Network
-from ukd.testing import LOSS_KWARGS, Case, make_case, rel_err, run_loss
+from ukd.testing import OPTION_NAMES, Case, make_case, rel_err, run_loss
 from ukd_kernels import head, head_backward, pool
 from ukd_kernels import unified_loss as U
 
@@ -43,7 +43,7 @@ def case_of(batch: int, k: int, student=STAGES_S, teacher=STAGES_T, cl_s=CL_S, *
 
 
 def loss_kwargs(case: Case) -> dict:
-    return {name: value for name, value in case.options.items() if name in LOSS_KWARGS}
+    return {name: value for name, value in case.options.items() if name in OPTION_NAMES}
 
 
 def networks(case: Case) -> tuple[Network, Network]:

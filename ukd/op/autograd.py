@@ -40,7 +40,17 @@ import torch
 from torch import Tensor
 
 from ukd.op import backends, reference
-from ukd.op.options import COMPONENTS, FeatureSpec, ForwardOutputs, Head, HeadGrads, LossOptions, Network, Saved
+from ukd.op.options import (
+    COMPONENTS,
+    OPTION_NAMES,
+    FeatureSpec,
+    ForwardOutputs,
+    Head,
+    HeadGrads,
+    LossOptions,
+    Network,
+    Saved,
+)
 from ukd.op.validation import Prepared, check_finite_inputs
 
 __all__ = ["UnifiedLoss", "compute"]
@@ -48,7 +58,6 @@ __all__ = ["UnifiedLoss", "compute"]
 _LIB = torch.library.Library("ukd", "FRAGMENT")
 
 # ------------------------------------------------------------------------------ the schema, and its adapter
-_OPTION_NAMES = tuple(f.name for f in fields(LossOptions))
 _OPTION_SCHEMA = ", ".join(f"{'bool' if f.type == 'bool' else 'float'} {f.name}" for f in fields(LossOptions))
 _NETWORK_SCHEMA = "Tensor[] feats_{n}, Tensor logits_{n}, Tensor weight_{n}, Tensor bias_{n}, Tensor? noise_{n}"
 _SAVED_SCHEMA = "Tensor pooled_{n}, Tensor grad_y_{n}, Tensor grad_logits_{n}, Tensor weight_{n}, bool need_pooled_{n}"
@@ -78,7 +87,7 @@ def _forward_args(student: Network, teacher: Network, options: LossOptions, need
     return (
         *_network_args(student),
         *_network_args(teacher),
-        *(getattr(options, name) for name in _OPTION_NAMES),
+        *(getattr(options, name) for name in OPTION_NAMES),
         need_grads,
         backend,
     )
@@ -272,7 +281,7 @@ def _reference(prepared: Prepared) -> tuple[Tensor, Tensor]:
             *teacher.head,
             noise_s=student.noise,
             noise_t=teacher.noise,
-            **{name: getattr(options, name) for name in _OPTION_NAMES},
+            **{name: getattr(options, name) for name in OPTION_NAMES},
         )
     if options.check_finite and not bool(torch.isfinite(loss)):
         raise FloatingPointError(f"ukd_loss: every input is finite but the loss is {float(loss)}")

@@ -4,17 +4,14 @@ fused op."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import fields
 
 import torch
 from torch import Tensor, nn
 
 from ukd.op.autograd import compute
 from ukd.op.fusion import AttentionFusion
-from ukd.op.options import COMPONENTS, Head, LossOptions
+from ukd.op.options import COMPONENTS, OPTION_NAMES, Head, LossOptions
 from ukd.op.validation import prepare
-
-_OPTION_NAMES = frozenset(f.name for f in fields(LossOptions))
 
 __all__ = ["UnifiedDistillLoss"]
 
@@ -154,7 +151,7 @@ class UnifiedDistillLoss(nn.Module):
 
     def __getattr__(self, name: str):
         """``crit.temperature``, ``crit.dist_weight``, …: the fields of ``crit.options``."""
-        if name in _OPTION_NAMES:
+        if name in OPTION_NAMES:
             return getattr(self.options, name)
         return super().__getattr__(name)
 

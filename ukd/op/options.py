@@ -7,7 +7,7 @@ The equations are in ``docs/loss.md``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import NamedTuple
 
 import torch
@@ -22,6 +22,7 @@ __all__ = [
     "HeadGrads",
     "LossOptions",
     "Network",
+    "OPTION_NAMES",
     "Saved",
 ]
 
@@ -53,6 +54,9 @@ class LossOptions:
     def weights(self) -> tuple[float, float, float, float]:
         """``(dist, gauss, supp, logit)`` weights, in :data:`COMPONENTS` order."""
         return (self.dist_weight, self.gauss_weight, self.supp_weight, self.logit_weight)
+
+
+OPTION_NAMES = tuple(f.name for f in fields(LossOptions))  # in field order: the order of the op's schema
 
 
 class Head(NamedTuple):
