@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ukd.models import available, build
+from ukd.models import ModelOutputs, available, build
 
 NAMES = [
     "resnet8",
@@ -92,6 +92,23 @@ def test_forward_backward_contract(name: str, config: tuple[int, int, int]) -> N
         assert p.grad is not None, pname
         assert torch.isfinite(p.grad).all(), pname
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_all_is_the_forward_path(name: str) -> None:
+    model = build(name, num_classes=10, in_channels=1).eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        out = model.forward_all(x)
+        logits, feats = model(x)
+        logits_p, pre = model(x, preact=True)
+    assert isinstance(out, ModelOutputs)
+    assert torch.equal(out.logits, logits) and torch.equal(out.logits, logits_p)
+    assert len(out.stages) == len(out.preact_stages) == len(model.stage_channels)
+    assert all(torch.equal(a, b) for a, b in zip(out.stages, feats, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(out.preact_stages, pre, strict=True))
+    assert isinstance(model.pooled_channels, int)
+    assert out.pooled.shape == (2, model.pooled_channels)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -12,6 +12,7 @@ Final pooling is adaptive, so 1x28x28 and 3x32x32 inputs both work.
 
 from __future__ import annotations
 
+from ._common import ModelOutputs, ZooModel
 from .mobilenetv2 import MobileNetV2
 from .registry import available, build
 from .resnet import ResNet
@@ -23,10 +24,12 @@ from .wrn import WideResNet
 __all__ = [
     "VGG",
     "MobileNetV2",
+    "ModelOutputs",
     "ResNet",
     "ShuffleNetV1",
     "ShuffleNetV2",
     "WideResNet",
+    "ZooModel",
     "available",
     "build",
 ]

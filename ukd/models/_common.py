@@ -1,19 +1,67 @@
 """Helpers shared by the model families of :mod:`ukd.models`.
 
-Every model in the zoo follows one calling convention::
+Every model in the zoo is a :class:`ZooModel`: it computes everything in one pass, :meth:`ZooModel.forward_all`,
+which returns a :class:`ModelOutputs`, and its ``forward`` is a thin view of that::
 
-    logits, stage_features = model(x, preact=False)
+    out = model.forward_all(x)                        # logits, stages, preact_stages, pooled
+    logits, stage_features = model(x, preact=False)   # == (out.logits, out.stages)
+    logits, preact_features = model(x, preact=True)   # == (out.logits, out.preact_stages)
 
-with ``x`` of shape (B, in_channels, H, W), ``logits`` of shape (B, num_classes) and ``stage_features`` a list of
-4-D maps (B, C_i, H_i, W_i), shallow to deep, whose channels are ``model.stage_channels``.
+with ``x`` of shape (B, in_channels, H, W), ``logits`` of shape (B, num_classes) and the stage lists 4-D maps
+(B, C_i, H_i, W_i), shallow to deep, whose channels are ``model.stage_channels``.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 ModelOutput = tuple[Tensor, list[Tensor]]
+
+
+class ModelOutputs(NamedTuple):
+    """Everything one forward pass of a zoo model produces.
+
+    Attributes:
+        logits: (B, K) classifier outputs.
+        stages: stage maps (B, C_i, H_i, W_i), shallow to deep, C_i = ``model.stage_channels[i]``; mdistiller's
+            ``feats["feats"][1:]``.
+        preact_stages: the same stages before their final non-linearity, same shapes as ``stages``; mdistiller's
+            ``feats["preact_feats"][1:]`` (each family's docstring says exactly what they are).
+        pooled: (B, C_pool) the vector fed to the classifier, C_pool = ``model.pooled_channels``; mdistiller's
+            ``feats["pooled_feat"]``.
+    """
+
+    logits: Tensor
+    stages: list[Tensor]
+    preact_stages: list[Tensor]
+    pooled: Tensor
+
+
+class ZooModel(nn.Module):
+    """Base class of the zoo: ``forward`` is implemented through :meth:`forward_all` (one forward path).
+
+    Subclasses set ``stage_channels`` (channels of ``stages``, shallow to deep) and ``pooled_channels`` (C_pool) and
+    implement :meth:`forward_all`.
+    """
+
+    stage_channels: list[int]
+    pooled_channels: int
+
+    def forward_all(self, x: Tensor) -> ModelOutputs:
+        """x (B, in_channels, H, W) -> :class:`ModelOutputs` (logits, stages, preact_stages, pooled)."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, preact: bool = False) -> ModelOutput:
+        """x (B, in_channels, H, W) -> (logits (B, K), stage features shallow to deep).
+
+        The features are ``forward_all(x).preact_stages`` with ``preact=True``, else ``forward_all(x).stages``; the
+        logits are the same either way.
+        """
+        out = self.forward_all(x)
+        return out.logits, (out.preact_stages if preact else out.stages)
 
 
 def init_weights(module: nn.Module) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ._common import ModelOutput, check_positive, global_pool, init_weights
+from ._common import ModelOutputs, ZooModel, check_positive, global_pool, init_weights
 
 # (expansion placeholder: None means "use T", channels, repeats, first stride)
 SETTINGS: tuple[tuple[int | None, int, int, int], ...] = (
@@ -71,7 +71,7 @@ class InvertedResidual(nn.Module):
         return x + out if self.use_residual else out
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(ZooModel):
     """CIFAR MobileNetV2.
 
     Args:
@@ -121,24 +121,24 @@ class MobileNetV2(nn.Module):
             nn.BatchNorm2d(self.last_channel),
             nn.ReLU(),
         )
+        self.pooled_channels: int = self.last_channel
         self.classifier = nn.Linear(self.last_channel, num_classes)
         init_weights(self)
 
-    def forward(self, x: Tensor, preact: bool = False) -> ModelOutput:
-        """x (B, in_channels, H, W) -> (logits (B, K), four stage features shallow to deep).
+    def forward_all(self, x: Tensor) -> ModelOutputs:
+        """x (B, in_channels, H, W) -> :class:`ModelOutputs`.
 
-        ``preact`` has no effect on this network (its stages end in linear bottlenecks).
+        The stages end in linear bottlenecks, so ``preact_stages`` holds the very same tensors as ``stages``.
         """
-        del preact  # the stage outputs are already pre-activation (linear bottleneck)
         out = self.stem(x)
-        feats: list[Tensor] = []
+        stages: list[Tensor] = []
         for stage in STAGE_GROUPS:
             for g in stage:
                 out = self.groups[g](out)
-            feats.append(out)
+            stages.append(out)
         out = self.head(out)
-        logits = self.classifier(global_pool(out))
-        return logits, feats
+        pooled = global_pool(out)
+        return ModelOutputs(self.classifier(pooled), stages, list(stages), pooled)
 
 
 def mobilenetv2(

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import ModelOutput, check_positive, global_pool, init_weights
+from ._common import ModelOutputs, ZooModel, check_positive, global_pool, init_weights
 
 
 class BasicBlock(nn.Module):
@@ -53,7 +53,7 @@ class BasicBlock(nn.Module):
         return F.relu(self.forward_preact(x))
 
 
-class ResNet(nn.Module):
+class ResNet(ZooModel):
     """CIFAR ResNet with three stages of basic blocks.
 
     Args:
@@ -77,6 +77,7 @@ class ResNet(nn.Module):
         n = (depth - 2) // 6
         self.depth = depth
         self.stage_channels: list[int] = list(widths[1:])
+        self.pooled_channels: int = widths[3]
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         stages = []
@@ -90,22 +91,24 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(widths[3], num_classes)
         init_weights(self)
 
-    def forward(self, x: Tensor, preact: bool = False) -> ModelOutput:
-        """x (B, in_channels, H, W) -> (logits (B, K), stage features shallow to deep).
+    def forward_all(self, x: Tensor) -> ModelOutputs:
+        """x (B, in_channels, H, W) -> :class:`ModelOutputs`.
 
-        With ``preact=True`` each stage feature is the residual sum of the stage's last block before its ReLU;
-        otherwise it is the stage output (after the ReLU). The logits are the same either way.
+        ``stages[i]`` is stage i's output (after the last block's ReLU), ``preact_stages[i]`` the residual sum of that
+        block before its ReLU, ``pooled`` (B, widths[3]) the global average of the last stage.
         """
         out = F.relu(self.bn1(self.conv1(x)))
-        feats: list[Tensor] = []
+        stages: list[Tensor] = []
+        preact: list[Tensor] = []
         for stage in self.stages:
             for block in stage[:-1]:
                 out = block(out)
             pre = stage[-1].forward_preact(out)
             out = F.relu(pre)
-            feats.append(pre if preact else out)
-        logits = self.fc(global_pool(out))
-        return logits, feats
+            preact.append(pre)
+            stages.append(out)
+        pooled = global_pool(out)
+        return ModelOutputs(self.fc(pooled), stages, preact, pooled)
 
 
 def _make(depth: int, widths: tuple[int, int, int, int]) -> Callable[..., ResNet]:

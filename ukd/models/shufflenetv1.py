@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import ModelOutput, channel_shuffle, check_positive, global_pool, init_weights
+from ._common import ModelOutputs, ZooModel, channel_shuffle, check_positive, global_pool, init_weights
 
 STEM = 24
 
@@ -62,7 +62,7 @@ class ShuffleUnit(nn.Module):
         return F.relu(self.forward_preact(x))
 
 
-class ShuffleNetV1(nn.Module):
+class ShuffleNetV1(ZooModel):
     """CIFAR ShuffleNet V1.
 
     Args:
@@ -99,21 +99,27 @@ class ShuffleNetV1(nn.Module):
             stages.append(nn.Sequential(*units))
             in_planes = planes
         self.stages = nn.ModuleList(stages)
+        self.pooled_channels: int = out_planes[-1]
         self.fc = nn.Linear(out_planes[-1], num_classes)
         init_weights(self)
 
-    def forward(self, x: Tensor, preact: bool = False) -> ModelOutput:
-        """x (B, in_channels, H, W) -> (logits (B, K), three stage features shallow to deep)."""
+    def forward_all(self, x: Tensor) -> ModelOutputs:
+        """x (B, in_channels, H, W) -> :class:`ModelOutputs`.
+
+        ``stages[i]`` is stage i's output, ``preact_stages[i]`` its last unit's output before the final ReLU.
+        """
         out = F.relu(self.bn1(self.conv1(x)))
-        feats: list[Tensor] = []
+        stages: list[Tensor] = []
+        preact: list[Tensor] = []
         for stage in self.stages:
             for unit in stage[:-1]:
                 out = unit(out)
             pre = stage[-1].forward_preact(out)
             out = F.relu(pre)
-            feats.append(pre if preact else out)
-        logits = self.fc(global_pool(out))
-        return logits, feats
+            preact.append(pre)
+            stages.append(out)
+        pooled = global_pool(out)
+        return ModelOutputs(self.fc(pooled), stages, preact, pooled)
 
 
 def shufflev1(num_classes: int = 100, in_channels: int = 3) -> ShuffleNetV1:

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import ModelOutput, channel_shuffle, check_positive, global_pool, init_weights
+from ._common import ModelOutputs, ZooModel, channel_shuffle, check_positive, global_pool, init_weights
 
 CONFIGS: dict[float, tuple[tuple[int, int, int, int], tuple[int, int, int]]] = {
     0.5: ((48, 96, 192, 1024), (3, 7, 3)),
@@ -95,7 +95,7 @@ class DownUnit(nn.Module):
         return channel_shuffle(torch.cat([self.left(x), self.right(x)], dim=1), 2)
 
 
-class ShuffleNetV2(nn.Module):
+class ShuffleNetV2(ZooModel):
     """CIFAR ShuffleNet V2.
 
     Args:
@@ -126,21 +126,24 @@ class ShuffleNetV2(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.conv2 = nn.Conv2d(widths[2], widths[3], 1, bias=False)
         self.bn2 = nn.BatchNorm2d(widths[3])
+        self.pooled_channels: int = widths[3]
         self.fc = nn.Linear(widths[3], num_classes)
         init_weights(self)
 
-    def forward(self, x: Tensor, preact: bool = False) -> ModelOutput:
-        """x (B, in_channels, H, W) -> (logits (B, K), three stage features shallow to deep)."""
+    def forward_all(self, x: Tensor) -> ModelOutputs:
+        """x (B, in_channels, H, W) -> :class:`ModelOutputs`; see the module docstring for the stage features."""
         out = F.relu(self.bn1(self.conv1(x)))
-        feats: list[Tensor] = []
+        stages: list[Tensor] = []
+        preact: list[Tensor] = []
         for stage in self.stages:
             for unit in stage[:-1]:
                 out = unit(out)
             out, pre = stage[-1].forward_both(out)
-            feats.append(pre if preact else out)
+            preact.append(pre)
+            stages.append(out)
         out = F.relu(self.bn2(self.conv2(out)))
-        logits = self.fc(global_pool(out))
-        return logits, feats
+        pooled = global_pool(out)
+        return ModelOutputs(self.fc(pooled), stages, preact, pooled)
 
 
 def shufflev2(num_classes: int = 100, in_channels: int = 3, net_size: float = 1.0) -> ShuffleNetV2:

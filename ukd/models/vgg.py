@@ -24,7 +24,7 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import ModelOutput, check_positive, global_pool, init_weights
+from ._common import ModelOutputs, ZooModel, check_positive, global_pool, init_weights
 
 WIDTHS = (64, 128, 256, 512, 512)
 DEPTHS: dict[str, tuple[int, int, int, int, int]] = {
@@ -51,7 +51,7 @@ def _block(in_channels: int, width: int, depth: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class VGG(nn.Module):
+class VGG(ZooModel):
     """CIFAR VGG-BN.
 
     Args:
@@ -70,6 +70,7 @@ class VGG(nn.Module):
         if len(depths) != 5 or any(d < 1 for d in depths):
             raise ValueError(f"depths must be five positive ints, got {depths!r}")
         self.stage_channels: list[int] = list(WIDTHS)
+        self.pooled_channels: int = WIDTHS[-1]
         blocks = []
         prev = in_channels
         for width, depth in zip(WIDTHS, depths, strict=True):
@@ -80,21 +81,23 @@ class VGG(nn.Module):
         self.classifier = nn.Linear(WIDTHS[-1], num_classes)
         init_weights(self)
 
-    def forward(self, x: Tensor, preact: bool = False) -> ModelOutput:
-        """x (B, in_channels, H, W) -> (logits (B, K), five stage features shallow to deep).
+    def forward_all(self, x: Tensor) -> ModelOutputs:
+        """x (B, in_channels, H, W) -> :class:`ModelOutputs`.
 
-        With ``preact=True`` each feature is the block's last BN output before the ReLU; otherwise after it.
+        ``stages[i]`` is block i's output after its last ReLU, ``preact_stages[i]`` its last BN output before it.
         """
-        feats: list[Tensor] = []
+        stages: list[Tensor] = []
+        preact: list[Tensor] = []
         out = x
         for i, block in enumerate(self.blocks):
             if 0 < i <= len(self.pools):
                 out = self.pools[i - 1](out)
             pre = block(out)
             out = F.relu(pre)
-            feats.append(pre if preact else out)
-        logits = self.classifier(global_pool(out))
-        return logits, feats
+            preact.append(pre)
+            stages.append(out)
+        pooled = global_pool(out)
+        return ModelOutputs(self.classifier(pooled), stages, preact, pooled)
 
 
 def _make(name: str) -> Callable[..., VGG]:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import ModelOutput, check_positive, global_pool, init_weights
+from ._common import ModelOutputs, ZooModel, check_positive, global_pool, init_weights
 
 
 class PreActBlock(nn.Module):
@@ -60,7 +60,7 @@ class PreActBlock(nn.Module):
         return self.forward_activated(x, F.relu(self.bn1(x)))
 
 
-class WideResNet(nn.Module):
+class WideResNet(ZooModel):
     """WRN-depth-widen for CIFAR-size inputs.
 
     Args:
@@ -91,6 +91,7 @@ class WideResNet(nn.Module):
         self.depth = depth
         self.widen_factor = widen_factor
         self.stage_channels: list[int] = list(widths)
+        self.pooled_channels: int = widths[-1]
         self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
         stages = []
         in_planes = 16
@@ -104,28 +105,27 @@ class WideResNet(nn.Module):
         self.fc = nn.Linear(widths[-1], num_classes)
         init_weights(self)
 
-    def forward(self, x: Tensor, preact: bool = False) -> ModelOutput:
-        """x (B, in_channels, H, W) -> (logits (B, K), stage features shallow to deep).
-
-        Stage i's feature is ReLU(BN_i(s_i)) (``preact=False``) or BN_i(s_i) (``preact=True``); see the module
-        docstring. The logits are the same either way.
-        """
+    def forward_all(self, x: Tensor) -> ModelOutputs:
+        """x (B, in_channels, H, W) -> :class:`ModelOutputs`; see the module docstring for the stage features."""
         out = self.conv1(x)
-        feats: list[Tensor] = []
+        stages: list[Tensor] = []
+        preact: list[Tensor] = []
         for i, stage in enumerate(self.stages):
             first = stage[0]
             pre = first.bn1(out)
             act = F.relu(pre)
             if i > 0:
-                feats.append(pre if preact else act)
+                preact.append(pre)
+                stages.append(act)
             out = first.forward_activated(out, act)
             for block in stage[1:]:
                 out = block(out)
         pre = self.bn_final(out)
         act = F.relu(pre)
-        feats.append(pre if preact else act)
-        logits = self.fc(global_pool(act))
-        return logits, feats
+        preact.append(pre)
+        stages.append(act)
+        pooled = global_pool(act)
+        return ModelOutputs(self.fc(pooled), stages, preact, pooled)
 
 
 def _make(depth: int, widen_factor: int) -> Callable[..., WideResNet]:
