@@ -62,7 +62,7 @@ _FLAG_KEYS = {
     "resume": "run.resume",
     "quiet": "run.quiet",
     "method": "distill.method",
-    "teacher": "teacher.checkpoint",
+    "teacher_weights": "teacher.weights",
     "teacher_model": "demo.teacher",
     "teacher_epochs": "demo.teacher_epochs",
 }
@@ -100,7 +100,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(p)
     p.add_argument("--method", "-m", choices=METHODS, help="distill.method (default kd)")
-    p.add_argument("--teacher", "-t", metavar="CKPT", help="teacher checkpoint (teacher.checkpoint)")
+    p.add_argument(
+        "--teacher",
+        "-t",
+        metavar="NAME|CKPT",
+        help="the teacher: a zoo name (teacher.name, with --teacher-weights) or, as a shortcut, a ukd checkpoint "
+        "(teacher.weights; it names its architecture)",
+    )
+    p.add_argument(
+        "--teacher-weights",
+        metavar="PATH",
+        help="teacher weights (teacher.weights): a `ukd train-teacher` checkpoint, an mdistiller/CRD checkpoint "
+        "such as ckpt_epoch_240.pth, or a state dict in either layout",
+    )
 
     p = sub.add_parser(
         "evaluate",
@@ -108,7 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate the network of a checkpoint on the test set of the data it was trained on "
         "(data settings can be changed with --set, e.g. --set data.test_subset=null).",
     )
-    p.add_argument("checkpoint", help="a last.pt written by train-teacher or distill")
+    p.add_argument(
+        "checkpoint",
+        help="a last.pt written by train-teacher or distill, or (with --model) an mdistiller/CRD checkpoint or a "
+        "state dict",
+    )
+    p.add_argument("--model", metavar="NAME", help="the architecture of a checkpoint that is not ukd's (model.name)")
+    p.add_argument(
+        "--data", metavar="NAME", help="data.name for a checkpoint that is not ukd's (default fashion_mnist)"
+    )
     p.add_argument(
         "--set",
         dest="overrides",
@@ -154,6 +174,11 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, attr, None)
         if value is not None:
             cfg = set_value(cfg, key, value)
+    teacher = getattr(args, "teacher", None)
+    if teacher is not None:
+        from ukd.models import available
+
+        cfg = set_value(cfg, "teacher.name" if teacher in available() else "teacher.weights", teacher)
     if getattr(args, "methods", None):
         cfg = set_value(cfg, "demo.methods", [m.strip() for m in args.methods.split(",") if m.strip()])
     cfg = load_config(None, args.overrides, base=cfg)
@@ -164,8 +189,8 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
             cfg = set_value(cfg, "output_dir", f"runs/{cfg['model']['name']}_{cfg['distill']['method']}")
         else:
             cfg = set_value(cfg, "output_dir", "runs/demo")
-    if args.command == "distill" and cfg["teacher"]["checkpoint"] is None and cfg["distill"]["method"] != "ce":
-        cfg = set_value(cfg, "teacher.checkpoint", "runs/teacher/last.pt")
+    if args.command == "distill" and cfg["teacher"]["weights"] is None and cfg["distill"]["method"] != "ce":
+        cfg = set_value(cfg, "teacher.weights", "runs/teacher/last.pt")
     validate(cfg)
     return cfg
 
@@ -181,7 +206,9 @@ def _run(args: argparse.Namespace) -> int:
             overrides.append(f"data.data_dir={args.data_dir}")
         if args.threads is not None:
             overrides.append(f"run.threads={args.threads}")
-        result = evaluate_checkpoint(args.checkpoint, overrides)
+        if args.data is not None:
+            overrides.append(f"data.name={args.data}")
+        result = evaluate_checkpoint(args.checkpoint, overrides, model_name=args.model)
         if dist_utils.init_distributed().is_main:
             if args.json:
                 print(json.dumps(result, indent=2))
@@ -251,13 +278,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None and args.command != "evaluate":
         _reexec_with_passive_openmp()
     from ukd.data import DatasetFormatError, DatasetNotFoundError
+    from ukd.models.weights import WeightsError
     from ukd.train import distributed as dist_utils
     from ukd.train.checkpoint import CheckpointError
     from ukd.train.config import ConfigError
 
     try:
         return _run(args)
-    except (ConfigError, CheckpointError, DatasetNotFoundError, DatasetFormatError) as exc:
+    except (ConfigError, CheckpointError, WeightsError, DatasetNotFoundError, DatasetFormatError) as exc:
         print(f"ukd {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

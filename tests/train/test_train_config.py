@@ -102,7 +102,7 @@ def test_cli_layering(tmp_path: Path) -> None:
     assert cfg["optim"]["epochs"] == 7  # --set beats the flag, which beats the file
     assert cfg["optim"]["lr"] == 0.3 and cfg["seed"] == 4
     assert cfg["distill"]["method"] == "dkd" and cfg["run"]["quiet"] is True
-    assert cfg["output_dir"] == "runs/resnet8_dkd" and cfg["teacher"]["checkpoint"] == "runs/teacher/last.pt"
+    assert cfg["output_dir"] == "runs/resnet8_dkd" and cfg["teacher"]["weights"] == "runs/teacher/last.pt"
 
     cfg = config_from_args(build_parser().parse_args(["train-teacher"]))
     assert cfg["model"]["name"] == "resnet20" and cfg["output_dir"] == "runs/teacher"

@@ -1,4 +1,5 @@
-"""Training for ukd: teachers, students distilled with ``ce``/``kd``/``dkd``/``ukd``, checkpoints, the demo.
+"""Training for ukd: teachers, students distilled with ``ce``/``kd``/``dkd``/``ukd`` (the distillers of
+:mod:`ukd.distillers`), checkpoints, the demo.
 
     from ukd.train import load_config, train
     cfg = load_config("demo", ["optim.epochs=2"])
@@ -10,7 +11,6 @@ See :mod:`ukd.train.trainer` for the files a run writes and :mod:`ukd.train.conf
 from .checkpoint import CheckpointError, atomic_write_bytes, load_checkpoint, save_checkpoint
 from .config import DEFAULTS, METHODS, ConfigError, apply_override, load_config, parse_override, set_value
 from .demo import run_demo
-from .methods import Objective, build_objective
 from .trainer import RunResult, evaluate, evaluate_checkpoint, load_model, train
 
 __all__ = [
@@ -18,11 +18,9 @@ __all__ = [
     "METHODS",
     "CheckpointError",
     "ConfigError",
-    "Objective",
     "RunResult",
     "apply_override",
     "atomic_write_bytes",
-    "build_objective",
     "evaluate",
     "evaluate_checkpoint",
     "load_checkpoint",

@@ -70,7 +70,8 @@ DEFAULTS: Config = {
         "gamma": 0.1,
     },
     "teacher": {
-        "checkpoint": None,  # a checkpoint written by train-teacher (required by kd, dkd and ukd)
+        "name": None,  # zoo name of the teacher; None: the name stored in a ukd checkpoint (teacher.weights)
+        "weights": None,  # a ukd checkpoint, an mdistiller/CRD checkpoint or a state dict (kd, dkd and ukd need one)
     },
     "distill": {
         "method": "kd",  # ce | kd | dkd | ukd
@@ -80,7 +81,10 @@ DEFAULTS: Config = {
         "ukd": {
             "logit": "dkd",  # the logit term added to the UKD loss: dkd | kd | none
             "fusion": "abf",  # abf: AFF over the student stages (the paper); pool: concatenated pooled stages
-            "preact": False,  # features before each stage's final ReLU
+            "student_preact": False,  # student stage maps before their final ReLU
+            "student_pooled": False,  # append the student's pooled vector as the deepest input (the authors')
+            "teacher_preact": False,  # teacher stage maps before their final ReLU
+            "teacher_stages": "all",  # all | first: every teacher stage, or only the first (the authors')
             "temperature": 4.0,
             "weight": 1.0,  # scales the whole UKD loss
             "dist_weight": 1.0,
@@ -113,7 +117,8 @@ DEFAULTS: Config = {
 _FREE_KEYS = {
     "output_dir",
     "data.data_dir",
-    "teacher.checkpoint",
+    "teacher.name",
+    "teacher.weights",
     "data.train_subset",
     "data.test_subset",
     "run.threads",
@@ -123,6 +128,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "distill.method": METHODS,
     "distill.ukd.logit": ("dkd", "kd", "none"),
     "distill.ukd.fusion": ("abf", "pool"),
+    "distill.ukd.teacher_stages": ("all", "first"),
     "optim.schedule": ("step", "cosine", "constant"),
     "run.device": ("auto", "cpu", "cuda"),
     "distill.ukd.backend": ("auto", "reference", "cpu", "cuda", "triton"),
@@ -263,7 +269,8 @@ def load_config(
     """Build a configuration: ``base`` (default :data:`DEFAULTS`) ← the YAML file at ``path`` ← ``overrides``.
 
     Args:
-        path: a YAML file holding a (partial) nested mapping, or the name of a shipped configuration.
+        path: a YAML file holding a (partial) nested mapping, or the name of a shipped configuration. A top-level
+            ``extends: NAME`` in it first applies that configuration (a shipped name or a path; chains allowed).
         overrides: ``"key=value"`` strings, applied in order.
         base: the configuration to start from.
 
@@ -272,25 +279,42 @@ def load_config(
     """
     cfg = copy.deepcopy(DEFAULTS if base is None else base)
     if path is not None:
-        file = resolve_config_path(path)
-        try:
-            data = yaml.safe_load(file.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"configuration file {file}: not valid YAML ({exc})") from exc
-        if data is None:
-            data = {}
-        if not isinstance(data, Mapping):
-            raise ConfigError(
-                f"configuration file {file}: expected a mapping at the top level, got {type(data).__name__}"
-            )
-        try:
-            cfg = merge(cfg, data)
-        except ConfigError as exc:
-            raise ConfigError(f"configuration file {file}: {exc}") from exc
+        cfg = _merge_file(cfg, path, ())
     for text in overrides:
         cfg = apply_override(cfg, text)
     validate(cfg)
     return cfg
+
+
+def _merge_file(cfg: Config, path: str | Path, seen: tuple[Path, ...]) -> Config:
+    """``cfg`` ← the file's ``extends`` chain (shipped names or paths, base first) ← the file's own keys."""
+    file = resolve_config_path(path)
+    if file.resolve() in seen:
+        chain = " -> ".join(str(p) for p in (*seen, file.resolve()))
+        raise ConfigError(f"configuration file {file}: 'extends' forms a cycle ({chain})")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"configuration file {file}: not valid YAML ({exc})") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"configuration file {file}: expected a mapping at the top level, got {type(data).__name__}")
+    data = dict(data)
+    parent = data.pop("extends", None)
+    if parent is not None:
+        if not isinstance(parent, str):
+            raise ConfigError(
+                f"configuration file {file}: extends: expected a configuration name or path, got {parent!r}"
+            )
+        try:
+            cfg = _merge_file(cfg, parent, (*seen, file.resolve()))
+        except ConfigError as exc:
+            raise ConfigError(f"configuration file {file}: extends {parent}: {exc}") from exc
+    try:
+        return merge(cfg, data)
+    except ConfigError as exc:
+        raise ConfigError(f"configuration file {file}: {exc}") from exc
 
 
 def validate(cfg: Config) -> None:
@@ -328,5 +352,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.data_dir: expected a path or null, got {cfg['data']['data_dir']!r}")
     if cfg["output_dir"] is not None and not isinstance(cfg["output_dir"], str):
         raise ConfigError(f"output_dir: expected a path or null, got {cfg['output_dir']!r}")
-    if cfg["teacher"]["checkpoint"] is not None and not isinstance(cfg["teacher"]["checkpoint"], str):
-        raise ConfigError(f"teacher.checkpoint: expected a path or null, got {cfg['teacher']['checkpoint']!r}")
+    for key in ("teacher.weights", "teacher.name"):
+        if get(cfg, key) is not None and not isinstance(get(cfg, key), str):
+            raise ConfigError(f"{key}: expected a string or null, got {get(cfg, key)!r}")
+    from ukd.models import available
+
+    for key in ("model.name", "teacher.name"):
+        name = get(cfg, key)
+        if name is not None and name not in available():
+            raise ConfigError(f"{key}: unknown model {name!r}; valid names are: {', '.join(available())}")

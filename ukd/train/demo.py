@@ -76,7 +76,7 @@ def run_demo(cfg: dict[str, Any]) -> dict[str, Any]:
     for method in demo["methods"]:
         run_cfg = set_value(cfg, "distill.method", method)
         run_cfg = set_value(run_cfg, "output_dir", str(out / method))
-        run_cfg = set_value(run_cfg, "teacher.checkpoint", str(out / "teacher" / CHECKPOINT_NAME))
+        run_cfg = set_value(run_cfg, "teacher.weights", str(out / "teacher" / CHECKPOINT_NAME))
         result = train(run_cfg, method=method, warn_data=False)  # the teacher's run already warned
         rows.append(_row("student", result, method, cfg["model"]["name"]))
         student_records[method] = result.records

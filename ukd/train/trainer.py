@@ -13,7 +13,7 @@ epoch, the configuration, and, for every rank, the torch/numpy/Python RNG states
 
 :func:`train` composes these pieces, which pass one :class:`Run` between them:
 
-* setup: :func:`_setup_run` (configuration → loaders, teacher, student, objective, optimiser, scheduler),
+* setup: :func:`_setup_run` (configuration → loaders, teacher, student, distiller, optimiser, scheduler),
   :func:`_resume_run` (checkpoint → state, or a fresh ``metrics.jsonl``), :func:`_wrap_data_parallel`,
   :func:`_announce`;
 * one epoch: :func:`_run_epoch` = :func:`_train_epoch` (the batches, :func:`_train_step` each),
@@ -43,13 +43,13 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ukd.data import rank_seed, seed_everything
+from ukd.distillers import Distiller, DistillSettings, build_distiller, needs_teacher
 from ukd.models import build as build_model
 
 from . import distributed as dist_utils
 from .checkpoint import CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
-from .config import DEFAULTS, load_config, merge
+from .config import DEFAULTS, ConfigError, load_config, merge
 from .data import Loaders, build_train_loaders, load_loader_state, loader_state
-from .methods import Objective, build_objective, needs_teacher
 from .metrics import plot_curves, read_metrics, topk_correct, truncate_metrics, write_metrics
 
 __all__ = [
@@ -73,7 +73,7 @@ class RunResult:
     Attributes:
         output_dir: where the run's files are.
         model: the trained network (unwrapped, on its device).
-        objective: the network plus the method's trainable extras.
+        distiller: the network, the frozen teacher and the method's trainable extras.
         records: the per-epoch metrics of the whole run (resumed runs included).
         final: the metrics of the last evaluated epoch (``test_top1``, ``test_top5``, ``test_loss``, ...).
         wall_time: seconds spent training, summed over resumed segments.
@@ -82,7 +82,7 @@ class RunResult:
 
     output_dir: Path
     model: nn.Module
-    objective: Objective
+    distiller: Distiller
     records: list[dict[str, Any]] = field(default_factory=list)
     final: dict[str, Any] = field(default_factory=dict)
     wall_time: float = 0.0
@@ -180,24 +180,40 @@ def _build_scheduler(
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=optim_cfg["gamma"])
 
 
+def _teacher_spec(weights: str) -> tuple[str | None, dict[str, Any]]:
+    """The architecture name and metrics stored in a ukd checkpoint at ``weights``; ``(None, {})`` for other files."""
+    try:
+        ckpt = load_checkpoint(weights, map_location="cpu")
+    except CheckpointError:
+        return None, {}
+    spec = ckpt.get("model")
+    name = spec.get("name") if isinstance(spec, dict) else None
+    return name, dict(ckpt.get("metrics") or {})
+
+
 def _load_teacher(cfg: dict[str, Any], device: torch.device, info: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
-    path = cfg["teacher"]["checkpoint"]
-    if not path:
+    """The frozen teacher of ``teacher.name`` with ``teacher.weights``, in eval mode on ``device``.
+
+    Returns ``(teacher, {"name": ..., "weights": ..., "test_top1": ... or None})``.
+    """
+    weights, name = cfg["teacher"]["weights"], cfg["teacher"]["name"]
+    if not weights:
         raise ValueError(
-            f"method {cfg['distill']['method']!r} needs a teacher: set teacher.checkpoint "
-            "(e.g. --teacher runs/teacher/last.pt, a checkpoint written by `ukd train-teacher`)"
+            f"method {cfg['distill']['method']!r} needs a teacher: set teacher.weights (--teacher-weights PATH: a "
+            "checkpoint of `ukd train-teacher`, an mdistiller/CRD checkpoint or a state dict; with --teacher NAME "
+            "unless it is a ukd checkpoint)"
         )
-    teacher, ckpt = load_model(path, device)
-    spec = ckpt["model"]
-    if spec["num_classes"] != info["num_classes"] or spec["in_channels"] != info["in_channels"]:
-        raise ValueError(
-            f"teacher {path}: built for {spec['num_classes']} classes and {spec['in_channels']} input channels, "
-            f"but the data set has {info['num_classes']} and {info['in_channels']}"
+    stored, metrics = _teacher_spec(weights) if Path(weights).is_file() else (None, {})
+    name = name or stored
+    if name is None:
+        raise ConfigError(
+            f"teacher.weights {weights}: not a ukd checkpoint, so the architecture must be named: set teacher.name "
+            "(--teacher NAME, e.g. resnet32x4)"
         )
+    teacher = build_model(name, num_classes=info["num_classes"], in_channels=info["in_channels"], weights=weights)
     teacher.requires_grad_(False)
-    if cfg["model"]["channels_last"]:
-        teacher = teacher.to(memory_format=torch.channels_last)
-    return teacher, ckpt
+    teacher = teacher.to(device).eval()
+    return teacher, {"name": name, "weights": str(weights), "test_top1": metrics.get("test_top1")}
 
 
 def _check_resumable(path: Path, ckpt: dict[str, Any], cfg: dict[str, Any], method: str, world: int) -> None:
@@ -236,10 +252,10 @@ class Run:
         out: the output directory.
         loaders: the training and test loaders.
         model: the trained network (unwrapped).
-        objective: the network plus the method's trainable extras.
+        distiller: the network, the frozen teacher and the method's trainable extras.
         optimizer, scheduler: SGD and its learning-rate schedule.
-        teacher, teacher_ckpt: the frozen teacher and its checkpoint (None and ``{}`` for ``ce``).
-        net: what the training step calls: ``objective``, or its DistributedDataParallel wrapper.
+        teacher_info: the teacher's name, weights file and stored test top-1 (``{}`` for ``ce``).
+        net: what the training step calls: ``distiller``, or its DistributedDataParallel wrapper.
         start_epoch: the first epoch to train (1, or the one after the resumed checkpoint's).
         elapsed: training seconds of the earlier segments of a resumed run.
         segment_start: ``time.perf_counter()`` when this segment's epochs began.
@@ -256,11 +272,10 @@ class Run:
     out: Path
     loaders: Loaders
     model: nn.Module
-    objective: Objective
+    distiller: Distiller
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    teacher: nn.Module | None = None
-    teacher_ckpt: dict[str, Any] = field(default_factory=dict)
+    teacher_info: dict[str, Any] = field(default_factory=dict)
     net: nn.Module | None = None
     start_epoch: int = 1
     elapsed: float = 0.0
@@ -318,24 +333,23 @@ def _setup_run(cfg: dict[str, Any], method: str, warn_data: bool) -> Run:
     loaders: Loaders = build_train_loaders(cfg["data"], seed, env, warn=warn_data and env.is_main)
     info = loaders.info
     teacher: nn.Module | None = None
-    teacher_ckpt: dict[str, Any] = {}
+    teacher_info: dict[str, Any] = {}
     if needs_teacher(method):
-        teacher, teacher_ckpt = _load_teacher(cfg, env.device, info)
+        teacher, teacher_info = _load_teacher(cfg, env.device, info)
 
     model = build_model(cfg["model"]["name"], num_classes=info["num_classes"], in_channels=info["in_channels"])
-    objective = build_objective(model, method, cfg["distill"], info["num_classes"], teacher).to(env.device)
+    settings = DistillSettings.from_config(cfg["distill"])
+    distiller = build_distiller(method, model, teacher, settings, info["num_classes"]).to(env.device)
     if cfg["model"]["channels_last"]:
-        objective = objective.to(memory_format=torch.channels_last)
-    params = [p for p in objective.parameters() if p.requires_grad]
+        distiller = distiller.to(memory_format=torch.channels_last)
+    params = [p for p in distiller.get_learnable_parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(
         params, lr=ocfg["lr"], momentum=ocfg["momentum"], weight_decay=ocfg["weight_decay"], nesterov=ocfg["nesterov"]
     )
     scheduler = _build_scheduler(optimizer, ocfg)
     # Each rank gets its own stream for the UKD noise (and anything else drawing from the global RNGs).
     seed_everything(rank_seed(seed, env.rank))
-    return Run(
-        cfg, method, env, threads, say, out, loaders, model, objective, optimizer, scheduler, teacher, teacher_ckpt
-    )
+    return Run(cfg, method, env, threads, say, out, loaders, model, distiller, optimizer, scheduler, teacher_info)
 
 
 def _resume_run(run: Run) -> None:
@@ -354,7 +368,7 @@ def _resume_run(run: Run) -> None:
             ckpt = load_checkpoint(ckpt_path, map_location="cpu")  # RNG states must stay on the CPU
             _check_resumable(ckpt_path, ckpt, run.cfg, run.method, env.world_size)
             run.model.load_state_dict(ckpt["model"]["state_dict"])
-            run.objective.load_extra_state(ckpt["extra"])
+            run.distiller.load_extra_state(ckpt["extra"])
             run.optimizer.load_state_dict(ckpt["optimizer"])
             run.scheduler.load_state_dict(ckpt["scheduler"])
             rank_state = ckpt["rank_states"][env.rank]
@@ -372,11 +386,11 @@ def _resume_run(run: Run) -> None:
 
 
 def _wrap_data_parallel(run: Run) -> None:
-    """Set ``run.net``: the objective, wrapped in DistributedDataParallel when there are several processes.
+    """Set ``run.net``: the distiller, wrapped in DistributedDataParallel when there are several processes.
 
     Called after :func:`_resume_run`: the wrapper broadcasts rank 0's parameters when it is built.
     """
-    run.net = run.objective
+    run.net = run.distiller
     if run.env.distributed:
         # BatchNorm statistics stay per rank during the epoch and are averaged at its end (sync_buffers).
         no_buffer_sync = (
@@ -385,7 +399,7 @@ def _wrap_data_parallel(run: Run) -> None:
             else {"broadcast_buffers": False}
         )
         run.net = DistributedDataParallel(
-            run.objective,
+            run.distiller,
             device_ids=[run.env.device.index] if run.env.device.type == "cuda" else None,
             **no_buffer_sync,
         )
@@ -398,7 +412,7 @@ def _announce(run: Run) -> None:
     n_params = sum(p.numel() for p in run.model.parameters())
     run.say(
         f"[{run.method}] {cfg['model']['name']} ({n_params / 1e6:.2f}M params)"
-        + (f" <- teacher {run.teacher_ckpt['model']['name']}" if run.teacher is not None else "")
+        + (f" <- teacher {run.teacher_info['name']}" if run.teacher_info else "")
         + f" | {info['name']} ({info['source']}): {info['train_size']} train / {info['test_size']} test"
         + f" | {ocfg['epochs']} epochs, batch {cfg['data']['batch_size']}x{env.world_size}, lr {ocfg['lr']}"
         + f" | {env.device}, {run.threads} thread(s) x {env.world_size} process(es) -> {run.out}"
@@ -410,21 +424,23 @@ def _train_step(
 ) -> tuple[float, Tensor, dict[str, Tensor]]:
     """One optimiser step on a batch already on the device; returns ``(loss, student logits, loss terms)``.
 
+    The loss is the sum of the distiller's ``losses``; the terms are those, without their ``loss_`` prefix, plus the
+    distiller's ``last_terms``, all detached.
+
     Raises:
         FloatingPointError: the loss is not finite.
     """
     assert run.net is not None  # set by _wrap_data_parallel
-    t_logits = t_feats = None
-    if run.teacher is not None:
-        with torch.no_grad():
-            t_logits, t_feats = run.teacher(images, preact=run.objective.preact)
-    loss, logits, parts = run.net(images, target, t_logits, t_feats, epoch=epoch)
+    logits, losses = run.net(images, target, epoch)
+    loss = sum(losses.values())
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     run.optimizer.step()
     loss_value = loss.item()
     if not math.isfinite(loss_value):
         raise FloatingPointError(f"{run.out}: the {run.method} loss is {loss_value} at epoch {epoch}, step {step}")
+    parts = {name.removeprefix("loss_"): value.detach() for name, value in losses.items()}
+    parts.update(run.distiller.last_terms)
     return loss_value, logits, parts
 
 
@@ -436,7 +452,7 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, Any]:
         ``train_images`` and ``train_<term>`` for each loss term, summed over all ranks.
     """
     run.loaders.set_epoch(epoch)
-    run.objective.train()
+    run.distiller.train()
     lr = run.optimizer.param_groups[0]["lr"]
     sums = torch.zeros(4, dtype=torch.float64)  # loss·n, top-1 hits, top-5 hits, n
     part_sums: dict[str, float] = {}
@@ -466,7 +482,8 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, Any]:
     bar.close()
     run.scheduler.step()
     if run.env.distributed:
-        dist_utils.sync_buffers(run.objective)
+        for module in run.distiller.trained_modules():
+            dist_utils.sync_buffers(module)
     names = sorted(part_sums)
     totals = dist_utils.all_reduce_sum(
         torch.cat([sums, torch.tensor([part_sums[k] for k in names], dtype=torch.float64)])
@@ -507,7 +524,7 @@ def _checkpoint_state(run: Run, epoch: int, record: dict[str, Any], rank_states:
             "in_channels": info["in_channels"],
             "state_dict": run.model.state_dict(),
         },
-        "extra": run.objective.extra_state(),
+        "extra": run.distiller.extra_state(),
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
         "rank_states": rank_states,
@@ -573,19 +590,17 @@ def _finish_run(run: Run) -> RunResult:
     final = dict(records[-1]) if records else {}
     final.update(run.last_eval)
     if cfg["run"]["save_rank_weights"]:
-        torch.save(
-            {k: v.detach().cpu() for k, v in run.objective.state_dict().items()}, out / f"weights_rank{env.rank}.pt"
-        )
+        trained = {k: v for k, v in run.distiller.state_dict().items() if not k.startswith("teacher.")}
+        torch.save({k: v.detach().cpu() for k, v in trained.items()}, out / f"weights_rank{env.rank}.pt")
     if env.is_main:
         if cfg["run"]["plot"] and records:
             title = f"{cfg['model']['name']} [{method}] on {info['name']}"
             plot_curves(records, out / "curves.png", title)
-        teacher, teacher_ckpt = run.teacher, run.teacher_ckpt
         summary = {
             "method": method,
             "model": cfg["model"]["name"],
-            "teacher": teacher_ckpt["model"]["name"] if teacher is not None else None,
-            "teacher_test_top1": teacher_ckpt.get("metrics", {}).get("test_top1") if teacher is not None else None,
+            "teacher": run.teacher_info.get("name"),
+            "teacher_test_top1": run.teacher_info.get("test_top1"),
             "finished": run.finished,
             "epochs_done": records[-1]["epoch"] if records else 0,
             "final": final,
@@ -597,15 +612,15 @@ def _finish_run(run: Run) -> RunResult:
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     dist_utils.barrier()
-    return RunResult(out, run.model, run.objective, records, final, wall, run.finished)
+    return RunResult(out, run.model, run.distiller, records, final, wall, run.finished)
 
 
 def train(cfg: dict[str, Any], *, method: str | None = None, warn_data: bool = True) -> RunResult:
     """Train ``cfg["model"]["name"]`` with ``method`` (default ``cfg["distill"]["method"]``).
 
-    ``method="ce"`` is ``train-teacher`` (and the student-alone baseline); the others load the frozen teacher from
-    ``cfg["teacher"]["checkpoint"]``. Under torchrun the run is data-parallel (the process group is joined here
-    and left to the caller to destroy).
+    ``method="ce"`` is ``train-teacher`` (and the student-alone baseline); the others load the frozen teacher
+    ``cfg["teacher"]["name"]`` from ``cfg["teacher"]["weights"]``. Under torchrun the run is data-parallel (the
+    process group is joined here and left to the caller to destroy).
 
     Raises:
         CheckpointError: ``run.resume`` is set and ``<output_dir>/last.pt`` is unreadable or belongs to another run.
@@ -624,26 +639,50 @@ def train(cfg: dict[str, Any], *, method: str | None = None, warn_data: bool = T
 
 
 def evaluate_checkpoint(
-    path: str | os.PathLike[str], overrides: Sequence[str] = (), *, warn_data: bool = True
+    path: str | os.PathLike[str],
+    overrides: Sequence[str] = (),
+    *,
+    model_name: str | None = None,
+    warn_data: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate the network of a checkpoint on the test set of the data it was trained on.
+    """Evaluate the network of a checkpoint on a test set.
 
     Args:
-        path: a checkpoint written by ``train-teacher`` or ``distill``.
-        overrides: ``key=value`` changes to the checkpoint's configuration (e.g. ``data.data_dir=...``,
-            ``data.test_subset=null``, ``run.threads=2``).
+        path: a checkpoint written by ``train-teacher`` or ``distill`` (evaluated on the data it was trained on), or
+            weights in another layout (an mdistiller/CRD checkpoint, a state dict), which need ``model_name``.
+        overrides: ``key=value`` changes to the checkpoint's configuration, or to the defaults for weights without
+            one (e.g. ``data.name=cifar100``, ``data.data_dir=...``, ``data.test_subset=null``, ``run.threads=2``).
+        model_name: the zoo architecture of ``path``; for a ukd checkpoint it must match the stored one.
 
     Returns:
         ``{"checkpoint", "model", "method", "epoch", "test_loss", "test_top1", "test_top5", "test_size", "seconds"}``.
+
+    Raises:
+        CheckpointError, WeightsError, ConfigError: an unreadable file, weights that do not fit, a missing name.
     """
-    model, ckpt = load_model(path)
-    saved = ckpt.get("config")
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"checkpoint {path}: holds no configuration")
-    cfg = load_config(None, overrides, base=merge(DEFAULTS, saved))
+    stored, _ = _teacher_spec(str(path)) if Path(path).is_file() else (None, {})
+    ckpt: dict[str, Any] = {}
+    if stored is not None:
+        if model_name is not None and model_name != stored:
+            raise ConfigError(f"--model {model_name}: checkpoint {path} holds a {stored}")
+        model, ckpt = load_model(path)
+        saved = ckpt.get("config")
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"checkpoint {path}: holds no configuration")
+        cfg = load_config(None, overrides, base=merge(DEFAULTS, saved))
+    else:
+        if model_name is None:
+            raise ConfigError(
+                f"{path}: not a ukd checkpoint, so its architecture must be named (--model NAME, e.g. resnet32x4)"
+            )
+        cfg = load_config(None, overrides)
     env = dist_utils.init_distributed(cfg["run"]["device"])
     set_threads(cfg["run"]["threads"], env.local_world_size)
     loaders = build_train_loaders(cfg["data"], int(cfg["seed"]), env, warn=warn_data and env.is_main)
+    if stored is None:
+        info = loaders.info
+        model = build_model(model_name, num_classes=info["num_classes"], in_channels=info["in_channels"], weights=path)
+        model.eval()
     channels_last = bool(cfg["model"]["channels_last"])
     model = model.to(env.device)
     if channels_last:
@@ -652,7 +691,7 @@ def evaluate_checkpoint(
     result = evaluate(model, loaders.test, env.device, channels_last)
     return {
         "checkpoint": str(path),
-        "model": ckpt["model"]["name"],
+        "model": stored or model_name,
         "method": ckpt.get("method"),
         "epoch": ckpt.get("epoch"),
         **result,
