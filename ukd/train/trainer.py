@@ -45,6 +45,7 @@ from tqdm import tqdm
 from ukd.data import rank_seed, seed_everything
 from ukd.distillers import Distiller, DistillSettings, build_distiller, needs_teacher
 from ukd.models import build as build_model
+from ukd.models.weights import WeightsError
 
 from . import distributed as dist_utils
 from .checkpoint import CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
@@ -210,7 +211,12 @@ def _load_teacher(cfg: dict[str, Any], device: torch.device, info: dict[str, Any
             f"teacher.weights {weights}: not a ukd checkpoint, so the architecture must be named: set teacher.name "
             "(--teacher NAME, e.g. resnet32x4)"
         )
-    teacher = build_model(name, num_classes=info["num_classes"], in_channels=info["in_channels"], weights=weights)
+    try:
+        teacher = build_model(name, num_classes=info["num_classes"], in_channels=info["in_channels"], weights=weights)
+    except WeightsError as exc:
+        raise WeightsError(
+            f"teacher for {info['name']} ({info['num_classes']} classes, {info['in_channels']} input channels): {exc}"
+        ) from exc
     teacher.requires_grad_(False)
     teacher = teacher.to(device).eval()
     return teacher, {"name": name, "weights": str(weights), "test_top1": metrics.get("test_top1")}
