@@ -1,5 +1,6 @@
 """Tests of the model zoo ``ukd.models``: construction, output contract, pre-activation features, determinism and
-parameter counts checked against the architecture arithmetic and the published CIFAR-100 figures."""
+parameter counts checked against the architecture arithmetic, mdistiller's models and the published CIFAR-100 figures.
+(That the outputs equal mdistiller's after a weight load is tested in ``test_weights.py``.)"""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ukd.models import ModelOutputs, available, build
+from ukd.models._common import channel_shuffle
 
 NAMES = [
     "resnet8",
@@ -19,6 +21,7 @@ NAMES = [
     "resnet110",
     "resnet8x4",
     "resnet32x4",
+    "ResNet50",
     "wrn_16_1",
     "wrn_16_2",
     "wrn_40_1",
@@ -33,11 +36,13 @@ NAMES = [
     "ShuffleV2",
 ]
 
-# Expected stage-feature sides for a 32x32 and a 28x28 input, per family (see each module's docstring).
+# Expected stage-feature sides for a 32x32 and a 28x28 input, per family (see each module's docstring); at 32x32
+# they are those of mdistiller's feats[1:].
 SIDES = {
     "resnet": ([32, 16, 8], [28, 14, 7]),
+    "ResNet50": ([32, 16, 8, 4], [28, 14, 7, 4]),
     "wrn": ([32, 16, 8], [28, 14, 7]),
-    "vgg": ([32, 16, 8, 4, 4], [28, 14, 7, 4, 4]),  # ceil-mode max pools: 7 -> 4, not 3
+    "vgg": ([16, 8, 4, 4], [14, 7, 4, 4]),  # ceil-mode max pools: 7 -> 4, not 3
     "MobileNetV2": ([16, 8, 4, 2], [14, 7, 4, 2]),
     "ShuffleV1": ([16, 8, 4], [14, 7, 4]),
     "ShuffleV2": ([16, 8, 4], [14, 7, 4]),
@@ -123,6 +128,17 @@ def test_preact_features(name: str) -> None:
     if name == "MobileNetV2":
         # Linear bottlenecks: there is no final ReLU, so the two lists coincide.
         assert all(torch.equal(p, f) for p, f in zip(pre, feats, strict=True))
+    elif name.startswith("wrn"):
+        # The features are the raw residual sums; the pre-activations are the next BN's output (mdistiller's).
+        bns = [model.stages[1][0].bn1, model.stages[2][0].bn1, model.bn_final]
+        with torch.no_grad():
+            assert all(torch.equal(bn(f), p) for bn, f, p in zip(bns, feats, pre, strict=True))
+        assert all((f < 0).any() for f in feats)
+    elif name == "ShuffleV2":
+        # mdistiller's pre-activation is the unit's concatenation before the channel shuffle.
+        assert all(torch.equal(channel_shuffle(F.relu(p), 2), f) for p, f in zip(pre, feats, strict=True))
+        assert all((p < 0).any() for p in pre)
+        assert all((f >= 0).all() for f in feats)
     else:
         # The features are exactly the ReLU of the pre-activations, and the latter are genuinely pre-ReLU.
         assert all(torch.equal(F.relu(p), f) for p, f in zip(pre, feats, strict=True))
@@ -166,7 +182,18 @@ def test_family_options() -> None:
     assert logits.shape == (2, 10)
     assert build("MobileNetV2", width_mult=1.0).stage_channels == [24, 32, 96, 320]
     assert build("MobileNetV2").stage_channels == [12, 16, 48, 160]
+    assert build("MobileNetV2", width_mult=1.5).pooled_channels == 1920  # int(1280 * w) for w > 1, as mdistiller
     assert build("ShuffleV2", net_size=0.5).stage_channels == [48, 96, 192]
+    assert build("ShuffleV2", net_size=0.2).pooled_channels == 512
+
+
+def test_vgg_pools_once_more_for_64_pixel_inputs() -> None:
+    # mdistiller's VGG adds its fourth max pool only when the input is 64 pixels high (Tiny-ImageNet).
+    model = build("vgg8", num_classes=10).eval()
+    with torch.no_grad():
+        sides = [f.shape[2] for f in model(torch.randn(1, 3, 64, 64))[1]]
+        assert sides == [32, 16, 8, 4]
+        assert [f.shape[2] for f in model(torch.randn(1, 3, 48, 48))[1]] == [24, 12, 6, 6]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -242,6 +269,39 @@ PUBLISHED_M = {
 }
 
 
+# Parameter counts at K = 100 of mdistiller's own models (megvii-research/mdistiller a08d46f, mdistiller/models/cifar),
+# measured by building each (vggN as vggN_bn, MobileNetV2 as mobile_half) and summing p.numel() over parameters().
+MDISTILLER_COUNTS = {
+    "resnet8": 83_892,
+    "resnet14": 181_108,
+    "resnet20": 278_324,
+    "resnet32": 472_756,
+    "resnet44": 667_188,
+    "resnet56": 861_620,
+    "resnet110": 1_736_564,
+    "resnet8x4": 1_233_540,
+    "resnet32x4": 7_433_860,
+    "ResNet50": 23_705_252,
+    "wrn_16_1": 180_916,
+    "wrn_16_2": 703_284,
+    "wrn_40_1": 569_780,
+    "wrn_40_2": 2_255_156,
+    "vgg8": 3_965_028,
+    "vgg11": 9_277_284,
+    "vgg13": 9_462_180,
+    "vgg16": 14_774_436,
+    "vgg19": 20_086_692,
+    "MobileNetV2": 812_836,
+    "ShuffleV1": 949_258,
+    "ShuffleV2": 1_355_528,
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_parameter_count_matches_mdistiller(name: str) -> None:
+    assert _count(build(name, num_classes=100)) == MDISTILLER_COUNTS[name]
+
+
 @pytest.mark.parametrize("name", sorted(EXACT_COUNTS))
 def test_parameter_count_matches_architecture_arithmetic(name: str) -> None:
     assert _count(build(name, num_classes=100)) == EXACT_COUNTS[name]
@@ -255,7 +315,16 @@ def test_parameter_count_matches_published_figure(name: str) -> None:
 
 def test_classifier_size_follows_num_classes() -> None:
     # Only the final linear layer depends on K: fc(c -> K) has c*K + K parameters.
-    for name in ("resnet8x4", "wrn_16_2", "vgg8", "MobileNetV2", "ShuffleV1", "ShuffleV2"):
-        c = {"resnet8x4": 256, "wrn_16_2": 128, "vgg8": 512, "MobileNetV2": 1280, "ShuffleV1": 960, "ShuffleV2": 1024}
+    c = {
+        "resnet8x4": 256,
+        "ResNet50": 2048,
+        "wrn_16_2": 128,
+        "vgg8": 512,
+        "MobileNetV2": 1280,
+        "ShuffleV1": 960,
+        "ShuffleV2": 1024,
+    }
+    for name, width in c.items():
+        assert build(name).pooled_channels == width
         diff = _count(build(name, num_classes=100)) - _count(build(name, num_classes=10))
-        assert diff == c[name] * 90 + 90
+        assert diff == width * 90 + 90

@@ -13,23 +13,28 @@ Final pooling is adaptive, so 1x28x28 and 3x32x32 inputs both work.
 from __future__ import annotations
 
 from ._common import ModelOutputs, ZooModel
+from .bottleneck_resnet import BottleneckResNet
 from .mobilenetv2 import MobileNetV2
 from .registry import available, build
 from .resnet import ResNet
 from .shufflenetv1 import ShuffleNetV1
 from .shufflenetv2 import ShuffleNetV2
 from .vgg import VGG
+from .weights import WeightsError, load_weights
 from .wrn import WideResNet
 
 __all__ = [
+    "BottleneckResNet",
     "VGG",
     "MobileNetV2",
     "ModelOutputs",
     "ResNet",
     "ShuffleNetV1",
     "ShuffleNetV2",
+    "WeightsError",
     "WideResNet",
     "ZooModel",
     "available",
     "build",
+    "load_weights",
 ]

@@ -5,8 +5,8 @@ blocks given by (expansion t, channels c, repeats n, first stride s):
 
     (1, 16, 1, 1), (T, 24, 2, 1), (T, 32, 3, 2), (T, 64, 4, 2), (T, 96, 3, 1), (T, 160, 3, 2), (T, 320, 1, 1)
 
-with every channel count c scaled to int(c * w); a 1x1 convolution to 1280 channels (int(1280 * w) rounded to a
-multiple of 8 when w > 1) + BN + ReLU, global average pooling and a linear classifier.
+with every channel count c scaled to int(c * w); a 1x1 convolution to 1280 channels (int(1280 * w) when w > 1)
++ BN + ReLU, global average pooling and a linear classifier.
 
 An inverted residual block is: 1x1 expansion conv (always present, also for t = 1) + BN + ReLU, 3x3 depthwise conv
 with the block's stride + BN + ReLU, 1x1 projection conv + BN (linear bottleneck, no ReLU); identity shortcut when
@@ -14,10 +14,12 @@ the stride is 1 and the channel count is unchanged.
 
 mdistiller's ``MobileNetV2`` is this network with T = 6, w = 0.5 (the defaults here).
 
-Stages (as mdistiller groups them): groups 1-2, group 3, groups 4-5, groups 6-7; channels int(24w), int(32w),
-int(96w), int(320w) (12, 16, 48, 160 at w = 0.5); for a 32x32 input the maps are 16, 8, 4 and 2 pixels wide. Because
-every stage ends in a linear bottleneck (there is no ReLU to take the features before), ``preact=True`` returns the
-same tensors as ``preact=False``.
+Features (mdistiller's ``feats[1:]`` / ``pooled_feat``): ``stages`` are the outputs of groups 1-2, group 3,
+groups 4-5 and groups 6-7 (channels int(24w), int(32w), int(96w), int(320w): 12, 16, 48, 160 at w = 0.5; 16, 8, 4
+and 2 pixels wide for a 32x32 input, 14, 7, 4, 2 for 28x28); ``pooled`` (B, 1280) is the global average after the
+final 1x1 convolution + BN + ReLU. mdistiller's MobileNetV2 returns no ``preact_feats`` at all (every stage ends in a
+linear bottleneck, there is no ReLU to take the features before), so ``preact_stages`` holds the very same tensors as
+``stages``.
 """
 
 from __future__ import annotations
@@ -37,14 +39,6 @@ SETTINGS: tuple[tuple[int | None, int, int, int], ...] = (
     (None, 320, 1, 1),
 )
 STAGE_GROUPS: tuple[tuple[int, ...], ...] = ((0, 1), (2,), (3, 4), (5, 6))
-
-
-def _round8(v: float) -> int:
-    """Round ``v`` to the nearest multiple of 8, not going below 90% of ``v`` (and never below 8)."""
-    r = max(8, int(v + 4) // 8 * 8)
-    if r < 0.9 * v:
-        r += 8
-    return r
 
 
 class InvertedResidual(nn.Module):
@@ -115,7 +109,7 @@ class MobileNetV2(ZooModel):
             groups.append(nn.Sequential(*layers))
         self.groups = nn.ModuleList(groups)
         self.stage_channels: list[int] = [int(SETTINGS[g[-1]][1] * width_mult) for g in STAGE_GROUPS]
-        self.last_channel = _round8(1280 * width_mult) if width_mult > 1.0 else 1280
+        self.last_channel = int(1280 * width_mult) if width_mult > 1.0 else 1280
         self.head = nn.Sequential(
             nn.Conv2d(inp, self.last_channel, 1, bias=False),
             nn.BatchNorm2d(self.last_channel),

@@ -8,7 +8,10 @@ Widths (stem / stage 1, 2, 3):
     resnet8 ... resnet110:  16 / 16, 32, 64
     resnet8x4, resnet32x4:  32 / 64, 128, 256
 
-For a 32x32 input the three stage maps are 32x32, 16x16 and 8x8; for 28x28 they are 28x28, 14x14 and 7x7.
+Features (mdistiller's ``feats[1:]`` / ``preact_feats[1:]`` / ``pooled_feat``, identical): ``stages`` are the three
+stage outputs (after the last block's ReLU), ``preact_stages`` the last block's residual sums before that ReLU,
+``pooled`` (B, widths[3]) the global average of the last stage. For a 32x32 input the three stage maps are 32x32,
+16x16 and 8x8; for 28x28 they are 28x28, 14x14 and 7x7.
 """
 
 from __future__ import annotations
@@ -62,8 +65,8 @@ class ResNet(ZooModel):
         num_classes: classifier outputs K.
         in_channels: input image channels.
 
-    ``forward(x)`` with x (B, in_channels, H, W) returns ``(logits (B, K), [f1, f2, f3])`` with
-    f1 (B, widths[1], H, W), f2 (B, widths[2], H/2, W/2), f3 (B, widths[3], H/4, W/4) (sizes rounded up).
+    ``forward_all(x)`` with x (B, in_channels, H, W) gives three stage features f1 (B, widths[1], H, W),
+    f2 (B, widths[2], H/2, W/2), f3 (B, widths[3], H/4, W/4) (sizes rounded up).
     """
 
     def __init__(

@@ -3,14 +3,18 @@
 Architecture: a 1x1 stem convolution to 24 channels + BN + ReLU (stride 1, no pooling), three stages of 4, 8, 4
 bottleneck units with output widths 240, 480, 960 (groups g = 3), global average pooling and a linear classifier.
 
-Bottleneck unit (input C_in, output C_out): 1x1 group conv to C_out/4 channels (g groups; 1 group when C_in = 24,
-i.e. the very first unit) + BN + ReLU, channel shuffle, 3x3 depthwise conv with the unit's stride + BN, 1x1 group conv
-(g groups) + BN. A stride-1 unit adds its input (identity); the stride-2 unit that opens each stage concatenates the
-branch (which then produces C_out - C_in channels) with a 3x3, stride-2, padding-1 average pool of the input. A ReLU
-follows.
+Bottleneck unit (input C_in, output C_out): 1x1 group conv to int(B / 4) channels, B the branch's output width
+(g groups; 1 group when C_in = 24, i.e. the very first unit) + BN + ReLU, channel shuffle (as many groups as that
+first conv), 3x3 depthwise conv with the unit's stride + BN + ReLU, 1x1 group conv (g groups) to B channels + BN.
+A stride-1 unit adds its input (identity, B = C_out); the stride-2 unit that opens each stage concatenates the branch
+(B = C_out - C_in) with a 3x3, stride-2, padding-1 average pool of the input (branch first). A ReLU follows.
+This is mdistiller's / CRD's ``ShuffleV1`` exactly, including the ReLU after the depthwise convolution's BN (which
+the original paper does not have).
 
-Stage features: the three stage outputs (240, 480, 960 channels; 16, 8, 4 pixels wide for a 32x32 input, 14, 7, 4 for
-28x28). With ``preact=True`` they are taken before the last unit's final ReLU.
+Features (mdistiller's ``feats[1:]`` / ``preact_feats[1:]`` / ``pooled_feat``): ``stages`` are the three stage outputs
+(240, 480, 960 channels; 16, 8, 4 pixels wide for a 32x32 input, 14, 7, 4 for 28x28), ``preact_stages`` the same
+before the last unit's final ReLU (residual sum or concatenation), ``pooled`` (B, 960) the global average of the last
+stage.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ class ShuffleUnit(nn.Module):
         if stride == 1 and in_planes != out_planes:
             raise ValueError("a stride-1 unit needs in_planes == out_planes")
         branch_out = out_planes - in_planes if stride == 2 else out_planes
-        mid = branch_out // 4
+        mid = int(branch_out / 4)
         self.stride = stride
         self.first_groups = 1 if in_planes == STEM else groups
         self.conv1 = nn.Conv2d(in_planes, mid, 1, groups=self.first_groups, bias=False)
@@ -51,7 +55,7 @@ class ShuffleUnit(nn.Module):
         """The unit's output before its final ReLU: (B, out_planes, H', W')."""
         out = F.relu(self.bn1(self.conv1(x)))
         out = channel_shuffle(out, self.first_groups)
-        out = self.bn2(self.conv2(out))
+        out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         if self.stride == 2:
             return torch.cat([out, F.avg_pool2d(x, 3, stride=2, padding=1)], dim=1)

@@ -1,9 +1,10 @@
 """ShuffleNet V2 (Ma et al., 2018) for CIFAR-size inputs, in the variant used by CRD and mdistiller
 (``ShuffleV2``, net_size 1).
 
-Architecture: a 3x3 stem convolution to 24 channels (stride 1, no pooling) + BN + ReLU, three stages (widths 116,
+Architecture: a 1x1 stem convolution to 24 channels (stride 1, no pooling) + BN + ReLU, three stages (widths 116,
 232, 464 at net_size 1) each made of one down-sampling unit followed by 3, 7, 3 basic units, a 1x1 convolution to
-1024 channels + BN + ReLU, global average pooling and a linear classifier.
+1024 channels + BN + ReLU, global average pooling and a linear classifier. (The 1x1 stem is mdistiller's and CRD's
+choice; the paper's network has a 3x3 stem and a max pool.)
 
 Basic unit (C channels): split the channels in two halves (x1, x2); x2 goes through 1x1 conv + BN + ReLU, 3x3
 depthwise conv + BN, 1x1 conv + BN + ReLU; the result is concatenated after x1 and the channels are shuffled
@@ -12,9 +13,11 @@ Down-sampling unit (C_in -> C_out, stride 2): left branch 3x3 depthwise stride-2
 + ReLU; right branch 1x1 conv to C_out/2 + BN + ReLU, 3x3 depthwise stride-2 conv + BN, 1x1 conv + BN + ReLU;
 concatenate (left, right) and shuffle (2 groups).
 
-Stage features: the three stage outputs (116, 232, 464 channels; 16, 8, 4 pixels wide for a 32x32 input, 14, 7, 4
-for 28x28). With ``preact=True`` the last basic unit of each stage returns its output with the branch's final ReLU
-left out (the untouched half x1 is passed through as is), shuffled in the same way.
+Features (mdistiller's ``feats[1:]`` / ``preact_feats[1:]`` / ``pooled_feat``): ``stages`` are the three stage outputs
+(116, 232, 464 channels; 16, 8, 4 pixels wide for a 32x32 input, 14, 7, 4 for 28x28). ``preact_stages[i]`` is the
+last basic unit's concatenation (x1, branch before its final ReLU) as mdistiller returns it: NOT channel-shuffled, so
+``channel_shuffle(relu(preact_stages[i]), 2) == stages[i]`` (x1 is already non-negative). ``pooled`` (B, 1024) is the
+global average after the final 1x1 convolution + BN + ReLU.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from torch import Tensor, nn
 from ._common import ModelOutputs, ZooModel, channel_shuffle, check_positive, global_pool, init_weights
 
 CONFIGS: dict[float, tuple[tuple[int, int, int, int], tuple[int, int, int]]] = {
+    0.2: ((40, 80, 160, 512), (3, 3, 3)),
+    0.3: ((40, 80, 160, 512), (3, 7, 3)),
     0.5: ((48, 96, 192, 1024), (3, 7, 3)),
     1.0: ((116, 232, 464, 1024), (3, 7, 3)),
     1.5: ((176, 352, 704, 1024), (3, 7, 3)),
@@ -51,13 +56,17 @@ class BasicUnit(nn.Module):
         self.bn3 = nn.BatchNorm2d(half)
 
     def forward_both(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Return (output, output with the branch's last ReLU left out), both (B, C, H, W)."""
+        """Return (output, pre-activation), both (B, C, H, W).
+
+        The output is ``shuffle(cat(x1, relu(b)))``; the pre-activation is ``cat(x1, b)``, unshuffled (mdistiller's
+        ``preact``), with ``b`` the branch before its final ReLU.
+        """
         x1, x2 = x[:, : self.half], x[:, self.half :]
         out = F.relu(self.bn1(self.conv1(x2)))
         out = self.bn2(self.conv2(out))
         pre = self.bn3(self.conv3(out))
         post = channel_shuffle(torch.cat([x1, F.relu(pre)], dim=1), 2)
-        return post, channel_shuffle(torch.cat([x1, pre], dim=1), 2)
+        return post, torch.cat([x1, pre], dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, C, H, W)."""
@@ -99,7 +108,7 @@ class ShuffleNetV2(ZooModel):
     """CIFAR ShuffleNet V2.
 
     Args:
-        net_size: width setting, one of 0.5, 1, 1.5, 2 (mdistiller's ``ShuffleV2`` uses 1).
+        net_size: width setting, one of 0.2, 0.3, 0.5, 1, 1.5, 2 (mdistiller's ``ShuffleV2`` uses 1).
         num_classes: classifier outputs K.
         in_channels: input image channels.
 
@@ -116,7 +125,7 @@ class ShuffleNetV2(ZooModel):
         widths, num_blocks = CONFIGS[net_size]
         self.net_size = net_size
         self.stage_channels: list[int] = list(widths[:3])
-        self.conv1 = nn.Conv2d(in_channels, STEM, 3, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, STEM, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(STEM)
         stages = []
         prev = STEM

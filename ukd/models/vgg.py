@@ -9,12 +9,15 @@ Convolutions per block:
     vgg16: 2, 2, 3, 3, 3        vgg19: 2, 2, 4, 4, 4
 
 Pooling choice: the three max pools use ``ceil_mode=True``, so a side of length s becomes ceil(s / 2). For 32x32
-inputs this is identical to floor pooling (32 -> 16 -> 8 -> 4, the CIFAR network exactly); for 28x28 inputs the
-sides are 28 -> 14 -> 7 -> 4 (floor pooling would give 3), and no input of side >= 1 ever shrinks to zero. There is
-no pool between blocks 4 and 5 (mdistiller adds one only for 64x64 inputs, which this zoo does not model); the
-final pooling is adaptive.
+inputs this is identical to mdistiller's floor pooling (32 -> 16 -> 8 -> 4); for 28x28 inputs the sides are
+28 -> 14 -> 7 -> 4 (floor pooling would give 3), and no input of side >= 1 ever shrinks to zero. Between blocks 4
+and 5 there is no pool, except for inputs exactly 64 pixels high, which get a fourth max pool there as in mdistiller
+(its Tiny-ImageNet setting). The final pooling is adaptive (global average), as in mdistiller.
 
-The five block outputs are the stage features: for 32x32 inputs they are 32, 16, 8, 4, 4 pixels wide.
+Features (mdistiller's ``feats[1:]`` / ``preact_feats[1:]`` / ``pooled_feat``): ``stages`` are the outputs of blocks
+2-5 after their last ReLU (128, 256, 512, 512 channels; 16, 8, 4, 4 pixels wide for a 32x32 input, 14, 7, 4, 4 for
+28x28), ``preact_stages`` the same blocks' last BN outputs before that ReLU, ``pooled`` (B, 512) the global average
+of block 5. Block 1 (64 channels, mdistiller's ``feats[0]``) is not a stage feature.
 """
 
 from __future__ import annotations
@@ -59,8 +62,8 @@ class VGG(ZooModel):
         num_classes: classifier outputs K.
         in_channels: input image channels.
 
-    ``forward(x)`` with x (B, in_channels, H, W) returns ``(logits (B, K), [f1, ..., f5])`` with channels
-    64, 128, 256, 512, 512 and sides H, ceil(H/2), ceil(H/4), ceil(H/8), ceil(H/8).
+    ``forward_all(x)`` with x (B, in_channels, H, W) gives four stage features with channels 128, 256, 512, 512 and
+    sides ceil(H/2), ceil(H/4), ceil(H/8), ceil(H/8) (ceil(H/16) for the last one when H = 64).
     """
 
     def __init__(self, depths: tuple[int, int, int, int, int], num_classes: int = 100, in_channels: int = 3) -> None:
@@ -69,7 +72,7 @@ class VGG(ZooModel):
         check_positive("in_channels", in_channels)
         if len(depths) != 5 or any(d < 1 for d in depths):
             raise ValueError(f"depths must be five positive ints, got {depths!r}")
-        self.stage_channels: list[int] = list(WIDTHS)
+        self.stage_channels: list[int] = list(WIDTHS[1:])
         self.pooled_channels: int = WIDTHS[-1]
         blocks = []
         prev = in_channels
@@ -77,20 +80,20 @@ class VGG(ZooModel):
             blocks.append(_block(prev, width, depth))
             prev = width
         self.blocks = nn.ModuleList(blocks)
-        self.pools = nn.ModuleList([nn.MaxPool2d(2, 2, ceil_mode=True) for _ in range(3)])
+        self.pools = nn.ModuleList([nn.MaxPool2d(2, 2, ceil_mode=True) for _ in range(4)])
         self.classifier = nn.Linear(WIDTHS[-1], num_classes)
         init_weights(self)
 
     def forward_all(self, x: Tensor) -> ModelOutputs:
         """x (B, in_channels, H, W) -> :class:`ModelOutputs`.
 
-        ``stages[i]`` is block i's output after its last ReLU, ``preact_stages[i]`` its last BN output before it.
+        ``stages`` are blocks 2-5 after their last ReLU, ``preact_stages`` their last BN outputs before it.
         """
         stages: list[Tensor] = []
         preact: list[Tensor] = []
-        out = x
-        for i, block in enumerate(self.blocks):
-            if 0 < i <= len(self.pools):
+        out = F.relu(self.blocks[0](x))
+        for i, block in enumerate(self.blocks[1:], start=1):
+            if i <= 3 or x.shape[2] == 64:  # the fourth pool only for 64-pixel-high inputs, as in mdistiller
                 out = self.pools[i - 1](out)
             pre = block(out)
             out = F.relu(pre)

@@ -8,15 +8,18 @@ Pre-activation block (input x, C_in -> C_out channels): a = ReLU(BN(x)); branch 
 with optional dropout between the two convolutions; output = branch + shortcut, where the shortcut is x itself when
 C_in == C_out (and stride 1), otherwise a 1x1 strided convolution of a.
 
-Stage features. In a pre-activation network the residual stream s_i leaving stage i has no ReLU of its own: the next
-block (or the final BN + ReLU for the last stage) normalises and rectifies it. This module returns, for stage i,
+Features (mdistiller's ``feats[1:]`` / ``preact_feats[1:]`` / ``pooled_feat``). In a pre-activation network the
+residual stream s_i leaving stage i has no ReLU of its own: the next block (or the final BN + ReLU for the last stage)
+normalises and rectifies it. For stage i this module returns
 
-    preact=False:  ReLU(BN_i(s_i))   the rectified tensor that actually enters stage i + 1 (or the classifier)
-    preact=True:   BN_i(s_i)         the same before the ReLU
+    stages[i]:         s_i              the raw residual sum leaving the stage (not rectified, may be negative)
+    preact_stages[i]:  BN_i(s_i)        the same after the BN that comes next, before that BN's ReLU
+    pooled:            mean_hw ReLU(BN_3(s_3))   (B, 64k), the classifier's input
 
 where BN_i is the first BN of stage i + 1's first block (for i = 1, 2) or the network's final BN (i = 3). Each BN is
-evaluated once per forward pass, so running statistics are updated exactly as in a plain forward. (mdistiller's WRN
-returns the raw sums s_1, s_2 and ReLU(BN(s_3)) as features and the same BN_i(s_i) as pre-activation features.)
+evaluated once per forward pass and its output reused by the block, so training-mode running statistics are updated
+exactly as in a plain forward (mdistiller evaluates these three BNs a second time to get ``preact_feats``, which in
+training mode updates their running statistics twice per step; the features are the same).
 
 For a 32x32 input the three stage maps are 32x32, 16x16 and 8x8; for 28x28 they are 28x28, 14x14 and 7x7.
 """
@@ -70,9 +73,8 @@ class WideResNet(ZooModel):
         in_channels: input image channels.
         drop_rate: dropout probability inside the blocks (0 = none, the CRD/mdistiller setting).
 
-    ``forward(x)`` with x (B, in_channels, H, W) returns ``(logits (B, K), [f1, f2, f3])`` with
-    f1 (B, 16k, H, W), f2 (B, 32k, H/2, W/2), f3 (B, 64k, H/4, W/4) (sizes rounded up); see the module docstring
-    for what the features are.
+    ``forward_all(x)`` with x (B, in_channels, H, W) gives three stage features f1 (B, 16k, H, W),
+    f2 (B, 32k, H/2, W/2), f3 (B, 64k, H/4, W/4) (sizes rounded up); see the module docstring for what they are.
     """
 
     def __init__(
@@ -115,16 +117,15 @@ class WideResNet(ZooModel):
             pre = first.bn1(out)
             act = F.relu(pre)
             if i > 0:
+                stages.append(out)
                 preact.append(pre)
-                stages.append(act)
             out = first.forward_activated(out, act)
             for block in stage[1:]:
                 out = block(out)
         pre = self.bn_final(out)
-        act = F.relu(pre)
+        stages.append(out)
         preact.append(pre)
-        stages.append(act)
-        pooled = global_pool(act)
+        pooled = global_pool(F.relu(pre))
         return ModelOutputs(self.fc(pooled), stages, preact, pooled)
 
 
