@@ -146,10 +146,15 @@ def summarize(
 
 def _check_close(what: str, got: Tensor, want: Tensor, scale: Tensor | float, rtol: float) -> None:
     err = (got - want).abs()
-    bound = rtol * torch.as_tensor(scale, dtype=torch.float64)
-    if not bool((err <= bound).all()):
-        worst = (err / bound.clamp_min(1e-300)).max().item()
-        raise AssertionError(f"{what}: differs from mdistiller's by {worst:.3g} times the tolerance (rtol {rtol:g})")
+    bound = (rtol * torch.as_tensor(scale, dtype=torch.float64)).expand_as(err)
+    bad = err > bound
+    if bool(bad.any()):
+        i = int(torch.argmax((err - bound).flatten()))
+        a, b, tol = got.flatten()[i].item(), want.flatten()[i].item(), bound.flatten()[i].item()
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {err.numel()} values differ from mdistiller's beyond rtol {rtol:g}, e.g. "
+            f"{a:.17g} vs {b:.17g} (allowed difference {tol:.3g})"
+        )
 
 
 def check_map(what: str, got: Tensor, want: dict[str, Any], rtol: float) -> None:

@@ -180,6 +180,8 @@ def test_wrong_architecture_lists_missing_and_unexpected_keys() -> None:
     with pytest.raises(WeightsError) as info:
         build("wrn_16_1", num_classes=10, weights=path)  # another family: few keys in common
     assert str(path) in str(info.value) and "wrn_16_1" in str(info.value) and "unexpected keys" in str(info.value)
+    with pytest.raises(WeightsError, match="layout unrecognised: no key matches"):
+        build("vgg8", num_classes=10, weights=path)  # no key in common at all
 
 
 def test_ukd_checkpoint_of_another_architecture(tmp_path: Path) -> None:

@@ -244,7 +244,11 @@ def _few(keys: list[str]) -> str:
 
 
 def _shape(t: Tensor) -> str:
-    return "(" + ", ".join(str(d) for d in t.shape) + ")"
+    return str(tuple(t.shape))
+
+
+def _count(n: int, singular: str, plural: str) -> str:
+    return f"{n} {singular if n == 1 else plural}"
 
 
 def _differ_only_in(a: Tensor, b: Tensor, dim: int) -> bool:
@@ -302,9 +306,11 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], *, name: str | 
     own = model.state_dict()
     theirs = mdistiller_names(model) if hint is None else None
     present = set(state)
+    ours_hits = len(present & set(own))
+    theirs_hits = len(present & set(theirs.values())) if theirs is not None else 0
     if hint is not None:
         layout = hint
-    elif theirs is not None and len(present & set(theirs.values())) > len(present & set(own)):
+    elif theirs_hits > ours_hits:
         layout = LAYOUT_MDISTILLER
     else:
         layout = LAYOUT_UKD
@@ -319,6 +325,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], *, name: str | 
     ]
     if missing or unexpected or mismatched:
         where = f"layout {layout!r}" + (" (keys prefixed 'module.', stripped)" if prefix else "")
+        if hint is None and ours_hits == theirs_hits == 0:
+            where = "layout unrecognised: no key matches the model's, in ukd's or mdistiller's names; compared as 'ukd'"
         parts: list[str] = []
         cls_key, stem_key = _classifier_key(model), _first_conv_key(model)
         for uk, got, want in mismatched:
@@ -333,12 +341,12 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], *, name: str | 
                     f"(build it with in_channels={got.shape[1]})"
                 )
         if missing:
-            parts.append(f"{len(missing)} missing keys: {_few(missing)}")
+            parts.append(f"{_count(len(missing), 'missing key', 'missing keys')}: {_few(missing)}")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys: {_few(unexpected)}")
+            parts.append(f"{_count(len(unexpected), 'unexpected key', 'unexpected keys')}: {_few(unexpected)}")
         if mismatched:
             shown = [f"{file_names[uk]}: file {_shape(g)} vs model {_shape(w)}" for uk, g, w in mismatched]
-            parts.append(f"{len(mismatched)} shape mismatches: {_few(shown)}")
+            parts.append(f"{_count(len(mismatched), 'shape mismatch', 'shape mismatches')}: {_few(shown)}")
         raise WeightsError(f"cannot load {path} into {label} ({where}): " + "; ".join(parts))
 
     renamed = {uk: state[fk] for uk, fk in file_names.items() if fk in present}
