@@ -1,13 +1,15 @@
-"""Model zoo of ukd: the CIFAR teacher and student networks of CRD / mdistiller, written for this project.
+"""Model zoo of ukd: the CIFAR teacher and student networks of CRD / mdistiller, written for this project, at
+mdistiller's architectures, with loading of mdistiller / CRD / ukd weights (see docs/models.md).
 
     from ukd.models import build, available
-    model = build("resnet8x4", num_classes=100, in_channels=3)
-    logits, stage_features = model(x)                 # x (B, 3, H, W); logits (B, 100)
-    model.stage_channels                              # channels of stage_features, shallow to deep
+    model = build("resnet8x4", num_classes=100, in_channels=3)      # or weights="ckpt_epoch_240.pth"
+    out = model.forward_all(x)       # ModelOutputs: logits (B, 100), stages, preact_stages, pooled (B, C_pool)
+    logits, stage_features = model(x)                 # == (out.logits, out.stages); preact=True: out.preact_stages
+    model.stage_channels, model.pooled_channels       # channels of the stages (shallow to deep) and of ``pooled``
 
-Every model returns ``(logits, stage_features)`` where ``stage_features`` are 4-D maps (B, C, H, W) of the main
-stages, shallow to deep; ``model(x, preact=True)`` takes them before the final ReLU of each stage where that exists.
-Final pooling is adaptive, so 1x28x28 and 3x32x32 inputs both work.
+``stages`` / ``preact_stages`` / ``pooled`` equal mdistiller's ``feats[1:]`` / ``preact_feats[1:]`` / ``pooled_feat``
+once the same weights are loaded (each family's module docstring says what they are). Final pooling is adaptive, so
+1x28x28 and 3x32x32 inputs both work.
 """
 
 from __future__ import annotations
