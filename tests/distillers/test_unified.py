@@ -1,6 +1,6 @@
 """The trainer's ``unikd_paper`` objective equals the authors' UniLogitsKD objective, written here independently.
 
-The reference follows docs/recipe.md (FabienCode/mdistiller @ 89a96f8): the student's stage maps (post-ReLU) and its
+The reference follows docs/recipe.md (FabienCode/mdistiller @ 89a96f8): the student's maps (mdistiller's feats) and its
 pooled vector as a 1×1 map go deepest first through ReviewKD's ABF chain (per level a 1×1 conv + ReLU, attention
 fusion with the upsampled residual, a resize to the teacher's size of that level, a 3×3 conv + ReLU; only the
 shallowest output is used); the teacher's first-stage pre-activation map goes alone into the teacher's featPro head

@@ -14,7 +14,7 @@ import torch
 from ukd.cli import main
 from ukd.models import build
 from ukd.models.weights import mdistiller_names
-from ukd.train.checkpoint import load_checkpoint
+from ukd.train.checkpoint import load_checkpoint, save_checkpoint
 from ukd.train.config import load_config
 from ukd.train.data import build_train_loaders
 from ukd.train.distributed import init_distributed
@@ -121,3 +121,20 @@ def test_a_teacher_that_does_not_fit_is_a_one_line_error(
     assert main([*args, "--train-subset", "48", *QUIET]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("ukd distill: error:") and str(ckpt) in err and expect in err
+
+
+def test_teacher_file_errors_are_one_line(cifar: tuple[Path, Path, torch.nn.Module], tmp_path: Path, capsys) -> None:
+    _, ckpt, _ = cifar
+    damaged = tmp_path / "damaged.pt"
+    save_checkpoint(damaged, {"model": {"name": "resnet8"}})
+    damaged.write_bytes(damaged.read_bytes()[:-10])
+    cases = [
+        (["-t", str(tmp_path / "missing.pt")], "missing.pt: file not found"),
+        (["--teacher-weights", str(ckpt)], "not a ukd checkpoint, so the architecture must be named"),
+        (["-t", str(damaged)], "damaged.pt: truncated"),
+    ]
+    for flags, message in cases:
+        capsys.readouterr()
+        assert main(["distill", "--method", "kd", *flags, "-o", str(tmp_path / "o"), *QUIET]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("ukd distill: error:") and message in err and len(err.splitlines()) == 1, err

@@ -48,7 +48,7 @@ from ukd.models import build as build_model
 from ukd.models.weights import WeightsError
 
 from . import distributed as dist_utils
-from .checkpoint import CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .checkpoint import MAGIC, CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import DEFAULTS, ConfigError, load_config, merge
 from .data import Loaders, build_train_loaders, load_loader_state, loader_state
 from .metrics import plot_curves, read_metrics, topk_correct, truncate_metrics, write_metrics
@@ -182,11 +182,15 @@ def _build_scheduler(
 
 
 def _teacher_spec(weights: str) -> tuple[str | None, dict[str, Any]]:
-    """The architecture name and metrics stored in a ukd checkpoint at ``weights``; ``(None, {})`` for other files."""
-    try:
-        ckpt = load_checkpoint(weights, map_location="cpu")
-    except CheckpointError:
-        return None, {}
+    """The architecture name and metrics stored in a ukd checkpoint at ``weights``; ``(None, {})`` for other files.
+
+    Raises:
+        CheckpointError: the file starts like a ukd checkpoint but is damaged.
+    """
+    with open(weights, "rb") as f:
+        if f.read(len(MAGIC)) != MAGIC:
+            return None, {}
+    ckpt = load_checkpoint(weights, map_location="cpu")
     spec = ckpt.get("model")
     name = spec.get("name") if isinstance(spec, dict) else None
     return name, dict(ckpt.get("metrics") or {})
@@ -204,7 +208,10 @@ def _load_teacher(cfg: dict[str, Any], device: torch.device, info: dict[str, Any
             "checkpoint of `ukd train-teacher`, an mdistiller/CRD checkpoint or a state dict; with --teacher NAME "
             "unless it is a ukd checkpoint)"
         )
-    stored, metrics = _teacher_spec(weights) if Path(weights).is_file() else (None, {})
+    if not Path(weights).is_file():
+        hint = " (train one with `ukd train-teacher`)" if weights == "runs/teacher/last.pt" else ""
+        raise CheckpointError(f"teacher.weights {weights}: file not found{hint}")
+    stored, metrics = _teacher_spec(weights)
     name = name or stored
     if name is None:
         raise ConfigError(
@@ -666,7 +673,9 @@ def evaluate_checkpoint(
     Raises:
         CheckpointError, WeightsError, ConfigError: an unreadable file, weights that do not fit, a missing name.
     """
-    stored, _ = _teacher_spec(str(path)) if Path(path).is_file() else (None, {})
+    if not Path(path).is_file():
+        raise CheckpointError(f"checkpoint {path}: file not found")
+    stored, _ = _teacher_spec(str(path))
     ckpt: dict[str, Any] = {}
     if stored is not None:
         if model_name is not None and model_name != stored:
