@@ -228,3 +228,45 @@ def test_auto_picks_cpu_extension_on_cpu():
     from ukd.op import backends
 
     assert backends.resolve("auto", torch.device("cpu")) == ("cpu" if "cpu" in BACKENDS else "reference")
+
+
+@pytest.mark.parametrize(
+    ("check_finite", "device", "mode"),
+    [
+        (None, "cpu", "raise"),
+        (None, "cuda", "assert"),
+        (True, "cuda", "raise"),
+        (True, "cpu", "raise"),
+        (False, "cpu", "off"),
+        (False, "cuda", "off"),
+    ],
+)
+def test_check_finite_modes(check_finite, device, mode):
+    """The default names the input on CPU and never waits for the GPU on CUDA (docs/reliability.md)."""
+    from ukd.op.autograd import finite_check_mode
+
+    assert finite_check_mode(check_finite, torch.device(device)) == mode
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_cuda_default_is_a_device_side_assertion(backend, monkeypatch):
+    """Forced onto CPU tensors, the "assert" mode queues torch._assert_async on exactly the values it checks:
+    on CPU the assertion fires at once, so a NaN fails and finite inputs pass."""
+    import ukd.op.autograd as autograd
+
+    monkeypatch.setattr(autograd, "finite_check_mode", lambda check, device: "assert" if check is None else "raise")
+    calls = []
+    real = torch._assert_async
+    monkeypatch.setattr(torch, "_assert_async", lambda flag, msg: (calls.append(bool(flag)), real(flag, msg)))
+    _call(_case(), backend)
+    assert calls == [True]
+    case = _case()
+    case.student_feats[0].view(-1)[0] = math.nan
+    with pytest.raises(RuntimeError, match="non-finite loss or gradient"):
+        _call(case, backend)
+    assert calls == [True, False]
+
+
+def test_check_finite_must_be_a_bool_or_none():
+    with pytest.raises(ValueError, match=r"check_finite: expected True, False or None, got 'yes'"):
+        _call(_case(), BACKENDS[-1], check_finite="yes")

@@ -58,7 +58,8 @@ __all__ = ["UnifiedLoss", "compute"]
 _LIB = torch.library.Library("ukd", "FRAGMENT")
 
 # ------------------------------------------------------------------------------ the schema, and its adapter
-_OPTION_SCHEMA = ", ".join(f"{'bool' if f.type == 'bool' else 'float'} {f.name}" for f in fields(LossOptions))
+_SCHEMA_TYPES = {"float": "float", "bool | None": "bool?"}
+_OPTION_SCHEMA = ", ".join(f"{_SCHEMA_TYPES[f.type]} {f.name}" for f in fields(LossOptions))
 _NETWORK_SCHEMA = "Tensor[] feats_{n}, Tensor logits_{n}, Tensor weight_{n}, Tensor bias_{n}, Tensor? noise_{n}"
 _SAVED_SCHEMA = "Tensor pooled_{n}, Tensor grad_y_{n}, Tensor grad_logits_{n}, Tensor weight_{n}, bool need_pooled_{n}"
 _LIB.define(
@@ -120,8 +121,12 @@ def _forward_kernel(*args) -> list[Tensor]:
     student, teacher, options, need_grads, backend = _from_forward_args(args)
     with _float32_under_autocast(student.logits.device.type):
         out = backends.get(backend).forward(student, teacher, options, need_grads)
-    if options.check_finite:
-        _check_finite_result(out, student, teacher)
+    mode = finite_check_mode(options.check_finite, student.logits.device)
+    checked = [out.loss, student.logits, teacher.logits, *out.student[1:], *out.teacher[1:]]
+    if mode == "raise":
+        _check_finite_result(out, student, teacher, checked)
+    elif mode == "assert":
+        _assert_finite_async(checked)
     return [out.loss, out.components, *out.student, *out.teacher]
 
 
@@ -173,10 +178,26 @@ def _all_finite(tensors: list[Tensor]) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors if t.numel())
 
 
-def _check_finite_result(out: ForwardOutputs, student: Network, teacher: Network) -> None:
+def finite_check_mode(check_finite: bool | None, device: torch.device) -> str:
+    """``"raise"``, ``"assert"`` or ``"off"``: what ``check_finite`` means for tensors on ``device``
+    (:class:`~ukd.op.options.LossOptions`)."""
+    if check_finite is None:
+        return "assert" if device.type == "cuda" else "raise"
+    return "raise" if check_finite else "off"
+
+
+def _assert_finite_async(tensors: list[Tensor]) -> None:
+    """A device-side assertion that every entry is finite: queued on the stream, no host synchronisation."""
+    flags = [torch.isfinite(t).all() for t in tensors if t.numel()]
+    if flags:
+        torch._assert_async(
+            torch.stack(flags).all(), "ukd_loss: a non-finite loss or gradient (check_finite=True names it)"
+        )
+
+
+def _check_finite_result(out: ForwardOutputs, student: Network, teacher: Network, checked: list[Tensor]) -> None:
     """Raise if the loss or a gradient made in forward is non-finite, naming the culprit input when there is one."""
-    checked = [out.loss, student.logits, teacher.logits, out.student.grad_y, out.student.grad_logits]
-    if _all_finite([*checked, out.teacher.grad_y, out.teacher.grad_logits]):
+    if _all_finite(checked):
         return
     check_finite_inputs(student, teacher)
     raise FloatingPointError(
@@ -268,7 +289,8 @@ def compute(prepared: Prepared) -> tuple[Tensor, Tensor]:
 
 def _reference(prepared: Prepared) -> tuple[Tensor, Tensor]:
     student, teacher, options, _ = prepared
-    if options.check_finite:
+    mode = finite_check_mode(options.check_finite, student.logits.device)
+    if mode == "raise":
         check_finite_inputs(student, teacher)
     compute_dtype = student.logits.dtype
     with _float32_under_autocast(student.logits.device.type):
@@ -283,6 +305,8 @@ def _reference(prepared: Prepared) -> tuple[Tensor, Tensor]:
             noise_t=teacher.noise,
             **{name: getattr(options, name) for name in OPTION_NAMES},
         )
-    if options.check_finite and not bool(torch.isfinite(loss)):
+    if mode == "raise" and not bool(torch.isfinite(loss)):
         raise FloatingPointError(f"ukd_loss: every input is finite but the loss is {float(loss)}")
+    if mode == "assert":
+        _assert_finite_async([loss])
     return loss, torch.stack([components[name] for name in COMPONENTS]).detach()

@@ -32,7 +32,7 @@ def ukd_loss(
     logit_weight: float = 1.0,
     logvar_bound: float = 10.0,
     backend: str = "auto",
-    check_finite: bool = True,
+    check_finite: bool | None = None,
     return_components: bool = False,
 ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
     """The UKD loss (``docs/loss.md``) in one fused op.

@@ -49,7 +49,9 @@ class UnifiedDistillLoss(nn.Module):
               of the teacher's FIRST stage, which must then be a 4-D map — and that map is the single student
               stage of the loss; the student head is ``(2K, C_t0)``. The fusion's parameters are trained with
               the heads. With ``"pool"``, ``self.fusion`` is ``None``.
-        check_finite: raise ``FloatingPointError`` on non-finite inputs or results.
+        check_finite: ``None`` (default): a ``FloatingPointError`` naming the input on CPU, a device-side assertion
+            on CUDA (no host synchronisation); ``True``: the named error everywhere; ``False``: no check
+            (:class:`~ukd.op.options.LossOptions`).
 
     Call:
         ``loss = crit(student_feats, teacher_feats, student_logits, teacher_logits)``, with lists of
@@ -72,7 +74,7 @@ class UnifiedDistillLoss(nn.Module):
         logvar_bound: float = 10.0,
         backend: str = "auto",
         fusion: str = "pool",
-        check_finite: bool = True,
+        check_finite: bool | None = None,
     ) -> None:
         super().__init__()
         self.student_channels = _channel_list("student_channels", student_channels)

@@ -39,7 +39,13 @@ class LossOptions:
             switches its term off (its value and gradient are not computed into the result, so an unused term
             that overflows cannot turn the loss into 0·inf = NaN).
         logvar_bound: L in ``ℓ = clamp(r, -L, L)``, in (0, 80] so that ``e^{±ℓ}`` stays finite in float32.
-        check_finite: raise ``FloatingPointError`` naming the input when the loss or a gradient is not finite.
+        check_finite: what a non-finite loss or forward-made gradient does (docs/reliability.md):
+
+            * ``None`` (default): on CPU tensors a ``FloatingPointError`` naming the input; on CUDA tensors a
+              device-side assertion (``torch._assert_async``), so that no call waits for the GPU — a non-finite
+              value then fails the next synchronising CUDA call with "device-side assert triggered";
+            * ``True``: the named ``FloatingPointError`` on every device (a host synchronisation per call on CUDA);
+            * ``False``: no check; the raw result is returned.
     """
 
     temperature: float = 4.0
@@ -48,7 +54,7 @@ class LossOptions:
     supp_weight: float = 1.0
     logit_weight: float = 1.0
     logvar_bound: float = 10.0
-    check_finite: bool = True
+    check_finite: bool | None = None
 
     @property
     def weights(self) -> tuple[float, float, float, float]:

@@ -100,6 +100,8 @@ def _check_options(options: LossOptions) -> None:
     if not (isinstance(bound, (int, float)) and 0 < bound <= 80):
         # e^{±ℓ} must stay finite in float32 (|ℓ| < 88); 80 leaves room for (μ_t − μ_s)² e^{−ℓ_s}.
         raise ValueError(f"logvar_bound: expected a number in (0, 80], got {bound!r}")
+    if options.check_finite not in (None, True, False):
+        raise ValueError(f"check_finite: expected True, False or None, got {options.check_finite!r}")
     for name, w in zip(("dist_weight", "gauss_weight", "supp_weight", "logit_weight"), options.weights):
         if not (isinstance(w, (int, float)) and -math.inf < w < math.inf):
             raise ValueError(f"{name}: expected a finite number, got {w!r}")
