@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
 # Installs everything ukd needs on a fresh machine: torch (CPU wheel unless one is installed), ukd itself with
-# its C++ extension built against that torch, the test tools, and Debian's Fashion-MNIST package when possible.
+# its C++ extension built against that torch, and Debian's Fashion-MNIST package when possible.
+#   bash scripts/install.sh          # to run ukd (no Triton: the CPU path does not use it)
+#   bash scripts/install.sh --test   # also the test tools and Triton (its kernels are tested in the interpreter)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+extras=""
+case "${1:-}" in
+    "") ;;
+    --test) extras="[test]" ;;
+    *) echo "scripts/install.sh: error: unknown option ${1} (expected nothing or --test)" >&2; exit 2 ;;
+esac
 
 if ! python -c "import torch" 2>/dev/null; then
     python -m pip install "${UKD_TORCH_SPEC:-torch==2.13.0}"
 fi
 python -m pip install setuptools wheel ninja
-python -m pip install --no-build-isolation -e ".[test]"
+python -m pip install --no-build-isolation -e ".${extras}"
 
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
     if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then

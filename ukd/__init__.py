@@ -3,8 +3,14 @@
 ``UnifiedDistillLoss`` is the drop-in module; ``ukd.functional.ukd_loss`` the functional form.
 """
 
-from ukd.functional import ukd_loss
-from ukd.op.module import UnifiedDistillLoss
+import torch as _torch
+
+from ukd._torch_version import check_torch as _check_torch
+
+_check_torch(_torch.__version__)
+
+from ukd.functional import ukd_loss  # noqa: E402
+from ukd.op.module import UnifiedDistillLoss  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["UnifiedDistillLoss", "ukd_loss", "__version__"]
