@@ -7,34 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from mdistiller_fixtures import MDISTILLER_MODELS
 
 from ukd.models import ModelOutputs, available, build
 from ukd.models._common import channel_shuffle
 
-NAMES = [
-    "resnet8",
-    "resnet14",
-    "resnet20",
-    "resnet32",
-    "resnet44",
-    "resnet56",
-    "resnet110",
-    "resnet8x4",
-    "resnet32x4",
-    "ResNet50",
-    "wrn_16_1",
-    "wrn_16_2",
-    "wrn_40_1",
-    "wrn_40_2",
-    "vgg8",
-    "vgg11",
-    "vgg13",
-    "vgg16",
-    "vgg19",
-    "MobileNetV2",
-    "ShuffleV1",
-    "ShuffleV2",
-]
+NAMES = MDISTILLER_MODELS  # every zoo model is one mdistiller also defines (tests/models/mdistiller_fixtures.py)
 
 # Expected stage-feature sides for a 32x32 and a 28x28 input, per family (see each module's docstring); at 32x32
 # they are those of mdistiller's feats[1:].

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 ModelOutput = tuple[Tensor, list[Tensor]]
@@ -103,3 +104,29 @@ def check_positive(name: str, value: int) -> None:
 def global_pool(x: Tensor) -> Tensor:
     """Adaptive global average pooling: (B, C, H, W) -> (B, C)."""
     return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+
+
+def projection_shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Module:
+    """A residual block's shortcut: identity when the block keeps shape, else a 1×1 convolution with the block's
+    stride + BN (``shortcut.0``, ``shortcut.1``). (B, in_planes, H, W) -> (B, out_planes, ceil(H/s), ceil(W/s))."""
+    if stride == 1 and in_planes == out_planes:
+        return nn.Identity()
+    return nn.Sequential(
+        nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False),
+        nn.BatchNorm2d(out_planes),
+    )
+
+
+def run_stages(stages: nn.ModuleList, x: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """Run ``x`` through stages of blocks whose last block has ``forward_preact`` (its output before the final
+    ReLU): returns ``(output of the last stage, stage outputs, pre-activation stage outputs)``, shallow to deep."""
+    outputs: list[Tensor] = []
+    preact: list[Tensor] = []
+    for stage in stages:
+        for block in stage[:-1]:
+            x = block(x)
+        pre = stage[-1].forward_preact(x)
+        x = F.relu(pre)
+        preact.append(pre)
+        outputs.append(x)
+    return x, outputs, preact

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import ModelOutputs, ZooModel, check_positive, global_pool, init_weights
+from ._common import ModelOutputs, ZooModel, check_positive, global_pool, init_weights, projection_shortcut, run_stages
 
 EXPANSION = 4
 
@@ -36,14 +36,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_planes)
-        self.shortcut: nn.Module
-        if stride != 1 or in_planes != out_planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_planes),
-            )
-        else:
-            self.shortcut = nn.Identity()
+        self.shortcut = projection_shortcut(in_planes, out_planes, stride)
 
     def forward_preact(self, x: Tensor) -> Tensor:
         """The block's output before its final ReLU (residual sum), shape (B, 4 * planes, H', W')."""
@@ -96,15 +89,7 @@ class BottleneckResNet(ZooModel):
     def forward_all(self, x: Tensor) -> ModelOutputs:
         """x (B, in_channels, H, W) -> :class:`ModelOutputs`; see the module docstring for the features."""
         out = F.relu(self.bn1(self.conv1(x)))
-        stages: list[Tensor] = []
-        preact: list[Tensor] = []
-        for stage in self.stages:
-            for block in stage[:-1]:
-                out = block(out)
-            pre = stage[-1].forward_preact(out)
-            out = F.relu(pre)
-            preact.append(pre)
-            stages.append(out)
+        out, stages, preact = run_stages(self.stages, out)
         pooled = global_pool(out)
         return ModelOutputs(self.fc(pooled), stages, preact, pooled)
 

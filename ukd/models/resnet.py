@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import ModelOutputs, ZooModel, check_positive, global_pool, init_weights
+from ._common import ModelOutputs, ZooModel, check_positive, global_pool, init_weights, projection_shortcut, run_stages
 
 
 class BasicBlock(nn.Module):
@@ -36,14 +36,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut: nn.Module
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False),
-                nn.BatchNorm2d(planes),
-            )
-        else:
-            self.shortcut = nn.Identity()
+        self.shortcut = projection_shortcut(in_planes, planes, stride)
 
     def forward_preact(self, x: Tensor) -> Tensor:
         """Return the block's output before its final ReLU (residual sum), shape (B, planes, H', W')."""
@@ -101,15 +94,7 @@ class ResNet(ZooModel):
         block before its ReLU, ``pooled`` (B, widths[3]) the global average of the last stage.
         """
         out = F.relu(self.bn1(self.conv1(x)))
-        stages: list[Tensor] = []
-        preact: list[Tensor] = []
-        for stage in self.stages:
-            for block in stage[:-1]:
-                out = block(out)
-            pre = stage[-1].forward_preact(out)
-            out = F.relu(pre)
-            preact.append(pre)
-            stages.append(out)
+        out, stages, preact = run_stages(self.stages, out)
         pooled = global_pool(out)
         return ModelOutputs(self.fc(pooled), stages, preact, pooled)
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._common import ModelOutputs, ZooModel, channel_shuffle, check_positive, global_pool, init_weights
+from ._common import ModelOutputs, ZooModel, channel_shuffle, check_positive, global_pool, init_weights, run_stages
 
 STEM = 24
 
@@ -113,15 +113,7 @@ class ShuffleNetV1(ZooModel):
         ``stages[i]`` is stage i's output, ``preact_stages[i]`` its last unit's output before the final ReLU.
         """
         out = F.relu(self.bn1(self.conv1(x)))
-        stages: list[Tensor] = []
-        preact: list[Tensor] = []
-        for stage in self.stages:
-            for unit in stage[:-1]:
-                out = unit(out)
-            pre = stage[-1].forward_preact(out)
-            out = F.relu(pre)
-            preact.append(pre)
-            stages.append(out)
+        out, stages, preact = run_stages(self.stages, out)
         pooled = global_pool(out)
         return ModelOutputs(self.fc(pooled), stages, preact, pooled)
 
