@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from ukd.cli import main
 from ukd.train.checkpoint import CheckpointError, load_checkpoint
 from ukd.train.config import load_config
 from ukd.train.metrics import read_metrics
-from ukd.train.trainer import train
+from ukd.train.trainer import lr_factor, train
 
 TINY = [
     "data.train_subset=48",
@@ -150,3 +151,28 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert (out / "comparison.png").is_file() and (out / "results.md").is_file()
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["ce", "ce", "kd", "ukd"]
+
+
+def test_extending_a_run_on_resume_follows_the_new_schedule(tmp_path: Path) -> None:
+    """2 cosine epochs, then --epochs 4 --resume: epochs 3-4 run on the 4-epoch schedule, never at lr 0."""
+    common = [*TINY, "optim.schedule=cosine", f"output_dir={tmp_path}"]
+    train(load_config(None, [*common, "optim.epochs=2"]), method="ce")
+    train(load_config(None, [*common, "optim.epochs=4", "run.resume=true"]), method="ce")
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "metrics.jsonl")]
+    expected = [0.02 * (1 + math.cos(math.pi * done / total)) / 2 for done, total in ((0, 2), (1, 2), (2, 4), (3, 4))]
+    assert lrs == pytest.approx(expected, rel=1e-12) and min(lrs) > 0
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "step", "constant"])
+def test_lr_schedule_equals_torchs_schedulers(schedule: str) -> None:
+    """The closed-form schedule against torch's own CosineAnnealingLR / MultiStepLR stepped epoch by epoch."""
+    cfg = {"schedule": schedule, "epochs": 7, "milestones": [2, 5], "gamma": 0.3}
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    if schedule == "cosine":
+        ref = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=7)
+    else:
+        ref = torch.optim.lr_scheduler.MultiStepLR(opt, [2, 5] if schedule == "step" else [], gamma=0.3)
+    for done in range(7):
+        assert 0.1 * lr_factor(done, cfg) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12, abs=1e-15)
+        opt.step()
+        ref.step()

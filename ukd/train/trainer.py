@@ -25,6 +25,7 @@ epoch, the configuration, and, for every rank, the torch/numpy/Python RNG states
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import json
 import math
@@ -172,13 +173,42 @@ class _Printer:
             sys.stdout.flush()
 
 
+def lr_factor(epoch: int, optim_cfg: dict[str, Any]) -> float:
+    """The learning rate of the epoch after ``epoch`` finished epochs, as a fraction of ``optim.lr``.
+
+    ``cosine``: ``(1 + cos(π·epoch / optim.epochs)) / 2``; ``step``: ``gamma`` to the number of milestones
+    ``≤ epoch``; ``constant``: 1. A closed form of the epoch and the run's total, so a run extended on resume
+    (``--epochs`` raised) continues on the schedule of its new total instead of running past the old one's end.
+    """
+    schedule = optim_cfg["schedule"]
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(epoch, optim_cfg["epochs"]) / optim_cfg["epochs"]))
+    if schedule == "step":
+        return optim_cfg["gamma"] ** sum(1 for m in optim_cfg["milestones"] if m <= epoch)
+    return 1.0
+
+
 def _build_scheduler(
     optimizer: torch.optim.Optimizer, optim_cfg: dict[str, Any]
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    if optim_cfg["schedule"] == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=optim_cfg["epochs"])
-    milestones = optim_cfg["milestones"] if optim_cfg["schedule"] == "step" else []
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=optim_cfg["gamma"])
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_factor, optim_cfg=optim_cfg))
+
+
+def _restore_schedule(run: Run, ckpt: dict[str, Any]) -> None:
+    """Load the scheduler's state and set the next epoch's lr from this run's schedule (the total may have grown)."""
+    state = dict(ckpt["scheduler"])
+    state.setdefault("lr_lambdas", [None] * len(run.optimizer.param_groups))  # schedulers before LambdaLR
+    run.scheduler.load_state_dict(state)
+    done = int(ckpt["epoch"])
+    for group, base in zip(run.optimizer.param_groups, run.scheduler.base_lrs, strict=True):
+        group["lr"] = base * lr_factor(done, run.cfg["optim"])
+    saved_total = int(ckpt.get("epochs", run.epochs))
+    if saved_total != run.epochs:
+        run.say(
+            f"resume: optim.epochs is {run.epochs}, the checkpoint's run had {saved_total}; epochs {done + 1}-"
+            f"{run.epochs} follow the {run.cfg['optim']['schedule']} schedule of {run.epochs} epochs "
+            f"(lr {run.optimizer.param_groups[0]['lr']:.4g} next)"
+        )
 
 
 def _teacher_spec(weights: str) -> tuple[str | None, dict[str, Any]]:
@@ -383,7 +413,7 @@ def _resume_run(run: Run) -> None:
             run.model.load_state_dict(ckpt["model"]["state_dict"])
             run.distiller.load_extra_state(ckpt["extra"])
             run.optimizer.load_state_dict(ckpt["optimizer"])
-            run.scheduler.load_state_dict(ckpt["scheduler"])
+            _restore_schedule(run, ckpt)
             rank_state = ckpt["rank_states"][env.rank]
             restore_rng_state(rank_state["rng"])
             load_loader_state(run.loaders, rank_state["loader"])
