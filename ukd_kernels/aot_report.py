@@ -1,6 +1,6 @@
 """Ahead-of-time compile of every Triton kernel configuration for sm_80 and sm_90, with a resource table.
 
-    python -m ukd_kernels.aot_report [--jobs N]
+    python -m ukd_kernels.aot_report [--jobs N] [--float64]
 
 No GPU is needed: ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cap, 32))`` runs the whole pipeline
 down to a cubin. For each kernel (:data:`KERNELS`), each configuration its launcher can choose (the
@@ -15,6 +15,10 @@ reports
 Pointers are compiled with the 16-byte divisibility hint the launcher gets from fresh torch allocations; integer
 arguments are not specialised. Exit status: 0 when every kernel compiled with no spills and no local memory or stack,
 1 otherwise, 2 when a tool (ptxas, cuobjdump) is missing.
+
+``--float64`` compiles the float64 variants instead (float64 compute, "ieee" dot precision, float64 features: what a
+float64 input runs on a GPU, :func:`float64_jobs`). They must compile; spills are reported but allowed (float64 is
+for checking results, not speed), so the exit status is 1 only when one fails to compile.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 os.environ.pop("TRITON_INTERPRET", None)
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
@@ -126,6 +130,21 @@ def jobs() -> list[Job]:
     return out
 
 
+def float64_jobs() -> list[Job]:
+    """:func:`jobs` in float64: every pointer but the stage table ``*fp64``, ``PRECISION="ieee"``, one feature dtype."""
+    out: list[Job] = []
+    for job in jobs():
+        if job.feat == "bf16":
+            continue
+        constexprs = tuple((k, "ieee" if k == "PRECISION" else v) for k, v in job.constexprs)
+        scalars = {k for k, _ in constexprs} | set(job.ints)
+        args = [a for a in KERNELS[job.kernel].arg_names if a not in scalars]
+        ptr_types = tuple((a, "*i64" if a == "table" else "*fp64") for a in args)
+        feat = "fp64" if job.feat != "-" else "-"
+        out.append(replace(job, feat=feat, constexprs=constexprs, ptr_types=ptr_types))
+    return out
+
+
 def _tool(name: str) -> str:
     """Path of a CUDA tool Triton ships (ptxas, cuobjdump); raises FileNotFoundError with the places searched."""
     from triton import knobs
@@ -186,7 +205,10 @@ def compile_job(job: Job) -> Result:
         raise
     except Exception as exc:  # a failed compile is a row in the table, not a crash of the report
         detail = getattr(exc, "stderr", None) or str(exc)
-        res.error = f"{type(exc).__name__}: {' | '.join(detail.strip().splitlines()[-3:])}"[:300]
+        lines = [line.strip() for line in detail.splitlines() if line.strip() not in ("", "^")]
+        if exc.__cause__ is not None:  # a CompilationError: the failing source line, then its reason
+            lines = [*lines[-1:], f"<- {exc.__cause__!r}"]
+        res.error = f"{type(exc).__name__}: {' | '.join(lines[-3:])}"[:300]
     return res
 
 
@@ -209,6 +231,7 @@ def table(results: list[Result]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), help="parallel compile processes")
+    parser.add_argument("--float64", action="store_true", help="compile the float64 variants (spills allowed)")
     args = parser.parse_args(argv)
     try:
         for tool in ("ptxas", "ptxas_blackwell", "cuobjdump"):
@@ -216,15 +239,21 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"aot_report: {exc}", file=sys.stderr)
         return 2
-    todo = jobs()
+    todo = float64_jobs() if args.float64 else jobs()
     if args.jobs > 1:
         with ProcessPoolExecutor(max_workers=args.jobs) as executor:
             results = list(executor.map(compile_job, todo))
     else:
         results = [compile_job(j) for j in todo]
     print(table(results))
-    bad = [r for r in results if not r.ok]
     archs = ", sm_".join(map(str, ARCHS))
+    if args.float64:
+        failed = [r for r in results if r.error]
+        spilled = [r for r in results if not r.error and not r.ok]
+        summary = f"{len(results)} float64 compiles for sm_{archs}; triton {triton.__version__}; {len(failed)} failed"
+        print(f"\n{summary} ({len(spilled)} with a spill or local memory, allowed in float64)")
+        return 1 if failed else 0
+    bad = [r for r in results if not r.ok]
     summary = f"{len(results)} compiles for sm_{archs}; triton {triton.__version__}; {len(bad)} with an error"
     print(f"\n{summary}, a spill or local memory")
     return 1 if bad else 0

@@ -43,6 +43,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ukd_kernels import compat  # noqa: F401  (the Triton 3.6 interpreter fix, see there)
 from ukd_kernels.math import (
     clamp_grad,
     clamp_logvar,
@@ -132,8 +133,9 @@ def _project(p_ptr, w_ptr, b_ptr, rows, cols, batch, k, chans, BLOCK_B, BLOCK_K,
         wmask = cmask[:, None] & kmask[None, :]
         w_mu = tl.load(w_ptr + cols[None, :] * chans + cc[:, None], mask=wmask, other=0.0)
         w_r = tl.load(w_ptr + (cols[None, :] + k) * chans + cc[:, None], mask=wmask, other=0.0)
-        acc_mu = tl.dot(p, w_mu, acc_mu, input_precision=PRECISION)
-        acc_r = tl.dot(p, w_r, acc_r, input_precision=PRECISION)
+        # out_dtype given: before Triton 3.8 it defaults to fp32 whatever acc's type, and fp64 tiles fail
+        acc_mu = tl.dot(p, w_mu, acc_mu, input_precision=PRECISION, out_dtype=acc_ty)
+        acc_r = tl.dot(p, w_r, acc_r, input_precision=PRECISION, out_dtype=acc_ty)
     mu = acc_mu + tl.load(b_ptr + cols, mask=kmask, other=0.0)[None, :]
     r = acc_r + tl.load(b_ptr + k + cols, mask=kmask, other=0.0)[None, :]
     return mu, r

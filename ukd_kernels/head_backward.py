@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ukd_kernels import compat  # noqa: F401  (the Triton 3.6 interpreter fix, see there)
 from ukd_kernels.utils import precision
 
 __all__ = ["PGRAD_CONFIG", "WGRAD_CONFIG", "head_backward"]
@@ -52,7 +53,8 @@ def _head_wgrad_kernel(
         bmask = bb < batch
         dy_t = tl.load(grad_y + bb[None, :] * n_out + nn[:, None], mask=nmask[:, None] & bmask[None, :], other=0.0)
         p = tl.load(pooled + bb[:, None] * chans + cc[None, :], mask=bmask[:, None] & cmask[None, :], other=0.0)
-        acc = tl.dot(dy_t, p, acc, input_precision=PRECISION)
+        # out_dtype given: before Triton 3.8 it defaults to fp32 whatever acc's type, and fp64 tiles fail
+        acc = tl.dot(dy_t, p, acc, input_precision=PRECISION, out_dtype=acc_ty)
         acc_b += tl.sum(dy_t, axis=1)
     g = tl.load(grad_loss)
     tl.store(grad_weight + nn[:, None] * chans + cc[None, :], acc * g, mask=nmask[:, None] & cmask[None, :])
@@ -79,13 +81,14 @@ def _head_pgrad_kernel(
     cc = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     rmask = rows < batch
     cmask = cc < chans
-    acc = tl.zeros([BLOCK_B, BLOCK_C], dtype=weight.dtype.element_ty)
+    acc_ty = weight.dtype.element_ty
+    acc = tl.zeros([BLOCK_B, BLOCK_C], dtype=acc_ty)
     for n0 in range(0, n_out, BLOCK_N):
         nn = n0 + tl.arange(0, BLOCK_N)
         nmask = nn < n_out
         dy = tl.load(grad_y + rows[:, None] * n_out + nn[None, :], mask=rmask[:, None] & nmask[None, :], other=0.0)
         w = tl.load(weight + nn[:, None] * chans + cc[None, :], mask=nmask[:, None] & cmask[None, :], other=0.0)
-        acc = tl.dot(dy, w, acc, input_precision=PRECISION)
+        acc = tl.dot(dy, w, acc, input_precision=PRECISION, out_dtype=acc_ty)
     g = tl.load(grad_loss)
     tl.store(grad_pooled + rows[:, None] * chans + cc[None, :], acc * g, mask=rmask[:, None] & cmask[None, :])
 

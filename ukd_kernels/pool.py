@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ukd_kernels import compat  # noqa: F401  (the Triton 3.6 interpreter fix, see there)
 from ukd_kernels.utils import cached
 
 __all__ = ["POOL_CONFIGS", "PoolConfig", "pool", "pool_config"]

@@ -15,6 +15,7 @@ A *fused backend* is a module implementing the contract of :mod:`ukd.op.options`
 from __future__ import annotations
 
 import sys
+import warnings
 from types import ModuleType
 
 import torch
@@ -33,11 +34,44 @@ class BackendUnavailableError(RuntimeError):
 _REASONS: dict[tuple[str, str], str | None] = {}
 
 
+# Triton versions already warned about (once per process and version)
+_WARNED_TRITON: set[str] = set()
+
+
+def _triton_version_reason(version: str) -> str | None:
+    """Why Triton ``version`` cannot run ukd's kernels: it is older than :data:`ukd_kernels.SUPPORTED_TRITON`.
+
+    A newer (or unreadable) version is used, with a warning once: the range only says what was tested, a newer
+    Triton usually works, and refusing it would leave a user with a working stack no way to run the backend.
+    """
+    from ukd_kernels import supported_triton_text, triton_requirement, triton_support
+
+    support = triton_support(version)
+    tested = f"ukd's Triton kernels support Triton {supported_triton_text()} ({triton_requirement()})"
+    if support == "too old":
+        return (
+            f"{tested}; found Triton {version}, which is older. Install a supported Triton: a newer torch brings one "
+            f"(torch 2.10 and later pin Triton 3.6 or later), or `pip install '{triton_requirement()}'`"
+        )
+    if support != "supported" and version not in _WARNED_TRITON:
+        _WARNED_TRITON.add(version)
+        found = "newer than the newest tested" if support == "too new" else "a version ukd cannot read"
+        warnings.warn(
+            f"{tested}; found Triton {version}, {found}: backend='triton' is used anyway "
+            "(if it fails, install a tested Triton or pass backend='cuda')",
+            stacklevel=1,
+        )
+    return None
+
+
 def _triton_reason(device_type: str) -> str | None:
     try:
-        import triton  # noqa: F401
+        import triton
     except ImportError as exc:  # pragma: no cover - depends on the machine
         return f"Triton is not importable ({exc}); install it with `pip install triton`"
+    version_reason = _triton_version_reason(triton.__version__)
+    if version_reason is not None:
+        return version_reason
     if device_type not in ("cpu", "cuda"):
         return f"Triton kernels run on CUDA tensors (or CPU tensors under the interpreter), not on {device_type}"
     from ukd_kernels import unified_loss  # noqa: F401  (imports every kernel module)
