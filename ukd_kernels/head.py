@@ -61,7 +61,7 @@ from ukd_kernels.math import (
     weighted_gauss_grad,
     weighted_term,
 )
-from ukd_kernels.utils import cached, precision
+from ukd_kernels.utils import cached, precision, to_device_async
 
 if TYPE_CHECKING:
     from ukd.op.options import LossOptions
@@ -456,7 +456,7 @@ def params(device: torch.device, dtype: torch.dtype, batch: int, options: LossOp
         for index, value in values:
             p[index.value] = value
         p[P_W0.value : P_W0.value + 4] = weights
-        return torch.tensor(p, dtype=dtype, device=device)
+        return to_device_async(torch.tensor(p, dtype=dtype), device)
 
     return cached(_PARAM_CACHE, (device, dtype, batch, temperature, bound, weights), build)
 

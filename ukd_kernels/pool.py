@@ -26,7 +26,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ukd_kernels import compat  # noqa: F401  (the Triton 3.6 interpreter fix, see there)
-from ukd_kernels.utils import cached
+from ukd_kernels.utils import cached, to_device_async
 
 __all__ = ["POOL_CONFIGS", "PoolConfig", "pool", "pool_config"]
 
@@ -208,7 +208,7 @@ def _stage_table(feats: Sequence[Tensor], cols: Sequence[int], cfg: PoolConfig) 
         for i in order:
             rows.append(_stage_row(feats[i], cols[i], tile0))
             tile0 += _n_tiles(feats[i], cfg)
-        return torch.tensor(rows, dtype=torch.int64, device=feats[0].device), tile0
+        return to_device_async(torch.tensor(rows, dtype=torch.int64), feats[0].device), tile0
 
     return cached(_TABLE_CACHE, key, build)
 
