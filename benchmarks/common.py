@@ -14,6 +14,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from ukd.gpu_check.timing import must_move_bytes, train_step
 from ukd.testing import Case, available_backends, compiled_reference_loss, fused_loss, reference_loss
 
 
@@ -27,21 +28,14 @@ def variants(device: str = "cpu") -> dict[str, Callable[[Case], torch.Tensor]]:
 
 def make_step(fn: Callable[[Case], torch.Tensor], case: Case, mode: str) -> Callable[[], None]:
     """One forward (no grad) or forward+backward (``.backward()``, gradients reset first) of ``fn`` on ``case``."""
-    params = [t for t in case.tensors() if t.requires_grad]
     if mode == "fwd":
 
         def step() -> None:
             with torch.no_grad():
                 fn(case)
 
-    else:
-
-        def step() -> None:
-            for p in params:
-                p.grad = None
-            fn(case).backward()
-
-    return step
+        return step
+    return train_step(fn, case)
 
 
 def median_ms_interleaved(
@@ -117,11 +111,7 @@ def floor_steps(case: Case) -> tuple[dict[str, Callable[[], None]], int]:
     their gradients written. ``floor:gemm`` runs the head GEMMs as same-size ``torch.mm`` calls: forward, the two
     projections; backward, the two weight gradients and the student pooled gradient. Returns the steps and the bytes.
     """
-    feats = [*case.student_feats, *case.teacher_feats]
-    read = sum(f.numel() * f.element_size() for f in feats)
-    write = sum(f.numel() * f.element_size() for f in case.student_feats if f.requires_grad)
-    heads = 2 * sum(w.numel() * w.element_size() for w in (case.student_weight, case.teacher_weight))
-    nbytes = read + write + heads
+    nbytes = must_move_bytes(case)
     src = torch.ones(nbytes // 8)  # float32: nbytes/2 read + nbytes/2 written
     dst = torch.empty_like(src)
     batch = case.student_logits.shape[0]

@@ -189,13 +189,14 @@ def test_timing_case_layout_and_bytes() -> None:
         f.dtype == torch.bfloat16 and f.is_contiguous(memory_format=torch.channels_last) for f in case.tensors()[:6]
     )
     assert all(f.requires_grad for f in case.student_feats) and not any(f.requires_grad for f in case.teacher_feats)
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import common  # benchmarks/common.py: the floor's byte count
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    fp32 = bench_case("cifar", batch=2)
-    assert must_move_bytes(fp32) == common.floor_steps(fp32)[1]
+    # by hand from the shape table, batch 2, float32: every feature read once, the student's feature gradients
+    # written once, both heads (2K x sum C) read and their gradients written
+    shape, batch, k = BENCH_SHAPES["cifar"], 2, BENCH_SHAPES["cifar"]["k"]
+    student = sum(c * h * w for c, h, w in shape["student"])
+    teacher = sum(c * h * w for c, h, w in shape["teacher"])
+    channels = sum(c for c, _, _ in shape["student"]) + sum(c for c, _, _ in shape["teacher"])
+    expected = 4 * (batch * (student + teacher) + batch * student + 2 * 2 * k * channels)
+    assert must_move_bytes(bench_case("cifar", batch=batch)) == expected
 
 
 # ------------------------------------------------------------------------------------------------ the verdict
