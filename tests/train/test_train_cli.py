@@ -49,3 +49,15 @@ def test_config_errors_are_reported_cleanly(tmp_path: Path, capsys: pytest.Captu
     assert err.startswith("ukd distill: error: unknown configuration key 'optim.lrr'") and "Traceback" not in err
     assert main(["evaluate", str(tmp_path / "nope.pt")]) == 2
     assert "nope.pt: file not found" in capsys.readouterr().err
+
+
+def test_unknown_model_names_are_one_line_errors_before_any_work(capsys: pytest.CaptureFixture) -> None:
+    for flags, key in (
+        (["--model", "resnet9000"], "model.name"),
+        (["--set", "teacher.name=resnet9000"], "teacher.name"),
+    ):
+        capsys.readouterr()
+        assert main(["distill", "--method", "kd", *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"ukd distill: error: {key}: unknown model 'resnet9000'; valid names are: resnet8,")
+        assert len(err.splitlines()) == 1
