@@ -248,13 +248,20 @@ _compiled: dict = {}
 
 
 def compiled_reference_loss(case: Case) -> Tensor:
-    """``torch.compile`` of the reference (compiled once per process)."""
+    """``torch.compile`` of the reference as ``ukd_loss(backend="reference")`` runs it: features cast to the compute
+    dtype (the logits') first, a no-op for float32 features (compiled once per process)."""
     from ukd.op import reference
 
     if "fn" not in _compiled:
-        _compiled["fn"] = torch.compile(reference.unified_loss)
+
+        def loss(feats_s, feats_t, logits_s, *rest, **kwargs):
+            compute = logits_s.dtype
+            cast_s, cast_t = [f.to(compute) for f in feats_s], [f.to(compute) for f in feats_t]
+            return reference.unified_loss(cast_s, cast_t, logits_s, *rest, **kwargs)[0]
+
+        _compiled["fn"] = torch.compile(loss)
     opts = {k: v for k, v in case.options.items() if k in OPTION_NAMES}
-    return _compiled["fn"](*case.args(), noise_s=case.noise_s, noise_t=case.noise_t, **opts)[0]
+    return _compiled["fn"](*case.args(), noise_s=case.noise_s, noise_t=case.noise_t, **opts)
 
 
 def fused_loss(case: Case, backend: str) -> Tensor:

@@ -402,33 +402,12 @@ def run_compile_step(result: PartResult, ctx: Context) -> None:
 
 # ------------------------------------------------------------------------------------------------ timing
 REFERENCE_VARIANTS = ("eager", "compile")
-_COMPILED: dict[str, Callable] = {}
-
-
-def compiled_reference_loss(case) -> Tensor:
-    """``torch.compile`` of the reference as ``ukd_loss(backend="reference")`` runs it: the features cast to the
-    compute dtype first. For float32 features the cast is a no-op and this is
-    :func:`ukd.testing.compiled_reference_loss` (what the benchmarks time), which hands half-precision features to
-    the reference as they are and fails on them."""
-    from ukd.op import reference
-    from ukd.op.options import OPTION_NAMES
-
-    if "fn" not in _COMPILED:
-
-        def loss(feats_s, feats_t, logits_s, *rest, **kwargs):
-            compute = logits_s.dtype
-            cast_s, cast_t = [f.to(compute) for f in feats_s], [f.to(compute) for f in feats_t]
-            return reference.unified_loss(cast_s, cast_t, logits_s, *rest, **kwargs)[0]
-
-        _COMPILED["fn"] = torch.compile(loss)
-    opts = {k: v for k, v in case.options.items() if k in OPTION_NAMES}
-    return _COMPILED["fn"](*case.args(), noise_s=case.noise_s, noise_t=case.noise_t, **opts)
 
 
 def _variants(backends: Sequence[str], references: Sequence[str] = REFERENCE_VARIANTS) -> dict[str, Callable]:
     """name → loss of a case: the eager reference (``ukd.testing``'s baseline), its ``torch.compile``
-    (:func:`compiled_reference_loss`), each fused backend."""
-    from ukd.testing import fused_loss, reference_loss
+    (:func:`ukd.testing.compiled_reference_loss`), each fused backend."""
+    from ukd.testing import compiled_reference_loss, fused_loss, reference_loss
 
     baselines = {"eager": reference_loss, "compile": compiled_reference_loss}
     out: dict[str, Callable] = {name: baselines[name] for name in references}
