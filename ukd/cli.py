@@ -288,11 +288,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, CheckpointError, WeightsError, DatasetNotFoundError, DatasetFormatError) as exc:
         print(f"ukd {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(
-            f"ukd {args.command}: interrupted; the last finished epoch is saved (continue with --resume)",
-            file=sys.stderr,
-        )
+    except KeyboardInterrupt as exc:
+        from ukd.train.trainer import TrainingInterrupted
+
+        what = str(exc) if isinstance(exc, TrainingInterrupted) else "interrupted"
+        print(f"ukd {args.command}: {what}", file=sys.stderr)
         return 130
     finally:
         dist_utils.cleanup_distributed()

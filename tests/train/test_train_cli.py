@@ -61,3 +61,31 @@ def test_unknown_model_names_are_one_line_errors_before_any_work(capsys: pytest.
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"ukd distill: error: {key}: unknown model 'resnet9000'; valid names are: resnet8,")
         assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(("stop_epoch", "expected"), [(1, "nothing was saved"), (2, "last.pt holds epoch 1")])
+def test_sigint_message_says_what_was_saved(
+    stop_epoch: int, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C in epoch 1 saved nothing; in epoch 2, last.pt holds epoch 1 — the message says which, and it is true."""
+    import ukd.train.trainer as trainer
+    from ukd.train.checkpoint import load_checkpoint
+
+    real_step = trainer._train_step
+
+    def step(run, images, target, epoch, index):
+        if epoch == stop_epoch:
+            raise KeyboardInterrupt
+        return real_step(run, images, target, epoch, index)
+
+    monkeypatch.setattr(trainer, "_train_step", step)
+    out = tmp_path / "run"
+    args = ["train-teacher", "--model", "resnet8", "--epochs", "3", "-o", str(out), "--train-subset", "32", "-q"]
+    capsys.readouterr()
+    assert main([*args, "--set", "data.test_subset=20", "--threads", "1"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"ukd train-teacher: interrupted during epoch {stop_epoch}; ") and expected in err
+    if stop_epoch == 1:
+        assert not (out / "last.pt").exists()
+    else:
+        assert load_checkpoint(out / "last.pt")["epoch"] == 1

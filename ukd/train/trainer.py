@@ -57,6 +57,7 @@ from .metrics import plot_curves, read_metrics, topk_correct, truncate_metrics, 
 __all__ = [
     "CHECKPOINT_NAME",
     "RunResult",
+    "TrainingInterrupted",
     "evaluate",
     "evaluate_checkpoint",
     "load_model",
@@ -66,6 +67,23 @@ __all__ = [
 
 CHECKPOINT_NAME = "last.pt"
 FORMAT_VERSION = 1
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped a run; the message says what ``last.pt`` holds, i.e. what ``--resume`` continues from.
+
+    Attributes:
+        checkpoint: ``<output_dir>/last.pt``.
+        saved_epoch: the epoch it holds (0: nothing of this run was saved).
+    """
+
+    def __init__(self, checkpoint: Path, saved_epoch: int) -> None:
+        self.checkpoint, self.saved_epoch = checkpoint, saved_epoch
+        if saved_epoch > 0:
+            text = f"{checkpoint} holds epoch {saved_epoch} (continue with --resume)"
+        else:
+            text = "no epoch had finished, so nothing was saved (a rerun starts from scratch)"
+        super().__init__(f"interrupted during epoch {saved_epoch + 1}; {text}")
 
 
 @dataclass
@@ -668,16 +686,22 @@ def train(cfg: dict[str, Any], *, method: str | None = None, warn_data: bool = T
     Raises:
         CheckpointError: ``run.resume`` is set and ``<output_dir>/last.pt`` is unreadable or belongs to another run.
         FloatingPointError: the loss became non-finite (the message gives the epoch and step).
+        TrainingInterrupted: SIGINT; the message says which epoch ``last.pt`` holds.
     """
     run = _setup_run(cfg, method or cfg["distill"]["method"], warn_data)
     _resume_run(run)
     _wrap_data_parallel(run)
     _announce(run)
     run.segment_start = time.perf_counter()
-    for epoch in range(run.start_epoch, run.epochs + 1):
-        _run_epoch(run, epoch)
-        if not run.finished:
-            break
+    saved = run.start_epoch - 1  # the epoch last.pt holds
+    try:
+        for epoch in range(run.start_epoch, run.epochs + 1):
+            _run_epoch(run, epoch)
+            saved = epoch
+            if not run.finished:
+                break
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(run.ckpt_path, saved) from None
     return _finish_run(run)
 
 
