@@ -10,7 +10,12 @@ from ukd.losses import dkd_loss, dkd_warmup, kd_loss
 from .base import Distiller, TrainOutput
 from .settings import DistillSettings
 
-__all__ = ["DKD", "KD", "Vanilla", "logit_term"]
+__all__ = ["DKD", "KD", "Vanilla", "logit_term", "warmup_factor"]
+
+
+def warmup_factor(epoch: int, warmup: int) -> float:
+    """``min(epoch / warmup, 1)`` (:func:`ukd.losses.dkd_warmup`), or 1 when ``warmup`` is 0 (no warm-up)."""
+    return dkd_warmup(epoch, warmup) if warmup > 0 else 1.0
 
 
 def logit_term(
@@ -22,7 +27,7 @@ def logit_term(
         return "loss_kd", kd.weight * kd_loss(student_logits, teacher_logits, kd.temperature)
     if kind == "dkd":
         dkd = settings.dkd
-        warm = dkd_warmup(epoch, dkd.warmup) if dkd.warmup > 0 else 1.0
+        warm = warmup_factor(epoch, dkd.warmup)
         return "loss_dkd", warm * dkd_loss(student_logits, teacher_logits, target, dkd.alpha, dkd.beta, dkd.temperature)
     raise ValueError(f"logit: expected 'kd' or 'dkd', got {kind!r}")
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ukd.op.module import UnifiedDistillLoss
 
 from .base import Distiller, TrainOutput
-from .logit import logit_term
+from .logit import logit_term, warmup_factor
 from .settings import DistillSettings, UKDSettings
 
 __all__ = ["UKD", "student_inputs", "teacher_inputs"]
@@ -95,7 +95,6 @@ class UKD(Distiller):
             name, term = logit_term(u.logit, self.settings, logits, teacher.logits, target, epoch)
             losses[name] = term
         unified = self.ukd(student_inputs(student, u), teacher_inputs(teacher, u), logits, teacher.logits)
-        warm = min(epoch / u.warmup, 1.0) if u.warmup > 0 else 1.0
-        losses["loss_ukd"] = u.weight * warm * unified
+        losses["loss_ukd"] = u.weight * warmup_factor(epoch, u.warmup) * unified
         self.last_terms = {f"ukd_{name}": value for name, value in self.ukd.last_components.items()}
         return TrainOutput(logits, losses)
