@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,7 @@ def test_override_applies_and_coerces() -> None:
         ("optim.epochs=two", r"optim.epochs: expected an integer"),
         ("optim.epochs=2.5", r"optim.epochs: expected an integer"),
         ("run.quiet=1", r"run.quiet: expected true or false"),
-        ("distill.method=fitnet", r"distill.method: expected one of ce, kd, dkd, ukd"),
+        ("distill.method=hint9", r"distill.method: expected one of ce, kd, dkd, ukd"),
         ("optim=3", r"optim: expected a mapping"),
         ("noequals", r"expected key=value"),
         ("optim.lr=[1", r"not valid YAML"),
@@ -64,7 +65,41 @@ def test_validate_catches_values() -> None:
     with pytest.raises(ConfigError, match=r"optim\.epochs: expected a positive integer"):
         load_config(None, ["optim.epochs=0"])
     with pytest.raises(ConfigError, match=r"demo\.methods"):
-        load_config(None, ["demo.methods=[ce, fitnet]"])
+        load_config(None, ["demo.methods=[ce, hint9]"])
+
+
+@pytest.mark.parametrize(
+    ("override", "loss_kwargs"),
+    [
+        ("distill.ukd.logvar_bound=100", {"logvar_bound": 100.0}),
+        ("distill.ukd.logvar_bound=0", {"logvar_bound": 0.0}),
+        ("distill.ukd.temperature=0", {"temperature": 0.0}),
+        ("distill.ukd.dist_weight=.inf", {"dist_weight": float("inf")}),
+    ],
+)
+def test_distill_ukd_values_follow_the_loss_rules(override: str, loss_kwargs: dict[str, float]) -> None:
+    """A value the loss itself refuses is a configuration error naming the key, before any work starts."""
+    import ukd
+
+    with pytest.raises(ValueError, match=next(iter(loss_kwargs))):
+        ukd.UnifiedDistillLoss(8, 8, 10, **loss_kwargs)
+    key = re.escape(override.split("=")[0])
+    with pytest.raises(ConfigError, match=rf"^{key}: expected"):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("distill.kd.temperature=0", r"^distill\.kd\.temperature: expected a finite number > 0"),
+        ("distill.dkd.warmup=-1", r"^distill\.dkd\.warmup: expected a finite number >= 0"),
+        ("distill.ce_weight=-1", r"^distill\.ce_weight: expected a finite number >= 0"),
+        ("distill.ukd.backend=gpu", r"^distill\.ukd\.backend: expected one of auto, reference, cpu, cuda, triton"),
+    ],
+)
+def test_distill_values_are_checked(override: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [override])
 
 
 def test_yaml_file_then_overrides(tmp_path: Path) -> None:

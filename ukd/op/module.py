@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ukd.op.autograd import compute
 from ukd.op.fusion import AttentionFusion
 from ukd.op.options import COMPONENTS, OPTION_NAMES, Head, LossOptions
-from ukd.op.validation import prepare
+from ukd.op.validation import check_options, prepare
 
 __all__ = ["UnifiedDistillLoss"]
 
@@ -93,6 +93,7 @@ class UnifiedDistillLoss(nn.Module):
         self.options = LossOptions(
             temperature, dist_weight, gauss_weight, supp_weight, logit_weight, logvar_bound, check_finite
         )
+        check_options(self.options)  # a bad option fails here, not at the first call
         self.sample = sample
         self.backend = backend
         self.student_head = nn.Linear(head_channels, 2 * num_classes)

@@ -15,7 +15,7 @@ from torch import Tensor
 from ukd.op import backends
 from ukd.op.options import Head, LossOptions, Network
 
-__all__ = ["Prepared", "check_finite_inputs", "input_names", "prepare"]
+__all__ = ["Prepared", "check_finite_inputs", "check_options", "input_names", "prepare"]
 
 
 class Prepared(NamedTuple):
@@ -92,7 +92,9 @@ def _check_logits(student_logits: object, teacher_logits: object) -> tuple[int, 
     return batch, k
 
 
-def _check_options(options: LossOptions) -> None:
+def check_options(options: LossOptions) -> None:
+    """The loss's rules for its non-tensor options; raises ``ValueError`` naming the option (also used by the
+    trainer's settings, so a configuration is checked before any work starts)."""
     t = options.temperature
     if not (isinstance(t, (int, float)) and 0 < t < math.inf):  # comparisons, not math.isfinite: traceable
         raise ValueError(f"temperature: expected a finite number > 0, got {t!r}")
@@ -166,7 +168,7 @@ def prepare(
             _check_tensor(name, eps)
             if eps.shape != (batch, k):
                 raise ValueError(f"{name}: expected shape ({batch}, {k}), got {tuple(eps.shape)}")
-    _check_options(options)
+    check_options(options)
     student = Network(feats_s, student_logits, student_head, noise[0])
     teacher = Network(feats_t, teacher_logits, teacher_head, noise[1])
     named = input_names(student, teacher)

@@ -20,6 +20,9 @@ from typing import Any
 
 import yaml
 
+from ukd.distillers import DISTILLERS
+from ukd.distillers.settings import DistillSettings, SettingsError
+
 __all__ = [
     "DEFAULTS",
     "METHODS",
@@ -37,8 +40,8 @@ __all__ = [
 
 Config = dict[str, Any]
 
-#: Distillation methods selectable by ``distill.method``.
-METHODS: tuple[str, ...] = ("ce", "kd", "dkd", "ukd")
+#: Distillation methods selectable by ``distill.method`` (the distillers of :mod:`ukd.distillers`).
+METHODS: tuple[str, ...] = tuple(DISTILLERS)
 
 #: Every key a configuration may have, with its default: sane values for Fashion-MNIST on a CPU.
 DEFAULTS: Config = {
@@ -73,29 +76,8 @@ DEFAULTS: Config = {
         "name": None,  # zoo name of the teacher; None: the name stored in a ukd checkpoint (teacher.weights)
         "weights": None,  # a ukd checkpoint, an mdistiller/CRD checkpoint or a state dict (kd, dkd and ukd need one)
     },
-    "distill": {
-        "method": "kd",  # ce | kd | dkd | ukd
-        "ce_weight": 1.0,
-        "kd": {"temperature": 4.0, "weight": 1.0},
-        "dkd": {"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup": 20},
-        "ukd": {
-            "logit": "dkd",  # the logit term added to the UKD loss: dkd | kd | none
-            "fusion": "abf",  # abf: AFF over the student stages (the paper); pool: concatenated pooled stages
-            "student_preact": False,  # student stage maps before their final ReLU
-            "student_pooled": False,  # append the student's pooled vector as the deepest input (the authors')
-            "teacher_preact": False,  # teacher stage maps before their final ReLU
-            "teacher_stages": "all",  # all | first: every teacher stage, or only the first (the authors')
-            "temperature": 4.0,
-            "weight": 1.0,  # scales the whole UKD loss
-            "dist_weight": 1.0,
-            "gauss_weight": 0.0,
-            "supp_weight": 1.0,
-            "sample": True,
-            "logvar_bound": 10.0,
-            "warmup": 0,  # > 0: linear warm-up of the UKD loss over this many epochs
-            "backend": "auto",
-        },
-    },
+    # Every method section's keys and defaults come from ukd.distillers.settings (docstrings there).
+    "distill": {"method": "kd", **DistillSettings.default_config()},  # method: ce | kd | dkd | ukd | ...
     "run": {
         "threads": None,  # compute threads per process; None: the usable cores / local processes
         "device": "auto",  # auto | cpu | cuda
@@ -126,12 +108,9 @@ _FREE_KEYS = {
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "distill.method": METHODS,
-    "distill.ukd.logit": ("dkd", "kd", "none"),
-    "distill.ukd.fusion": ("abf", "pool"),
-    "distill.ukd.teacher_stages": ("all", "first"),
+    **{f"distill.{key}": choices for key, choices in DistillSettings.choices().items()},
     "optim.schedule": ("step", "cosine", "constant"),
     "run.device": ("auto", "cpu", "cuda"),
-    "distill.ukd.backend": ("auto", "reference", "cpu", "cuda", "triton"),
 }
 
 
@@ -335,12 +314,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.num_workers: expected an integer >= 0, got {cfg['data']['num_workers']}")
     if cfg["optim"]["lr"] <= 0:
         raise ConfigError(f"optim.lr: expected a number > 0, got {cfg['optim']['lr']}")
-    for key in ("distill.kd.temperature", "distill.dkd.temperature", "distill.ukd.temperature"):
-        if get(cfg, key) <= 0:
-            raise ConfigError(f"{key}: expected a number > 0, got {get(cfg, key)}")
-    for key in ("distill.dkd.warmup", "distill.ukd.warmup"):
-        if get(cfg, key) < 0:
-            raise ConfigError(f"{key}: expected an integer >= 0, got {get(cfg, key)}")
+    try:
+        DistillSettings.from_config(cfg["distill"])  # the methods' own rules, the loss's included
+    except SettingsError as exc:
+        raise ConfigError(f"distill.{exc}") from None
     milestones = cfg["optim"]["milestones"]
     if not all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in milestones):
         raise ConfigError(f"optim.milestones: expected a list of positive integers, got {milestones!r}")
