@@ -84,7 +84,7 @@ def teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def flat_state(path: Path) -> dict[str, torch.Tensor]:
     """Every tensor that decides how training continues: weights, UKD heads/fusion, momentum buffers."""
     ckpt = load_checkpoint(path)
-    flat = {f"model.{k}": v for k, v in ckpt["model"]["state_dict"].items()}
+    flat = {f"model.{k}": v for k, v in ckpt["model"].items()}
     for group, state in ckpt["extra"].items():
         flat.update({f"extra.{group}.{k}": v for k, v in state.items()})
     for pid, st in ckpt["optimizer"]["state"].items():

@@ -137,7 +137,7 @@ def test_ukd_state_dict_and_checkpoint_load(resnet8: Reference, tmp_path: Path) 
 
     ckpt = tmp_path / "run" / "last.ckpt"
     ckpt.parent.mkdir()
-    save_checkpoint(ckpt, {"model": {"name": "resnet8", "state_dict": source.state_dict()}, "epoch": 3})
+    save_checkpoint(ckpt, {"model": source.state_dict(), "arch": {"name": "resnet8"}, "epoch": 3})
     model = build("resnet8", num_classes=10)
     assert load_weights(model, ckpt) == LAYOUT_UKD_CHECKPOINT
     assert torch.equal(_logits(model), want)
@@ -186,7 +186,7 @@ def test_wrong_architecture_lists_missing_and_unexpected_keys() -> None:
 
 def test_ukd_checkpoint_of_another_architecture(tmp_path: Path) -> None:
     ckpt = tmp_path / "last.ckpt"
-    save_checkpoint(ckpt, {"model": {"name": "resnet8", "state_dict": build("resnet8").state_dict()}})
+    save_checkpoint(ckpt, {"model": build("resnet8").state_dict(), "arch": {"name": "resnet8"}})
     with pytest.raises(WeightsError) as info:
         build("resnet14", weights=ckpt)
     message = str(info.value)
@@ -208,7 +208,7 @@ def test_unreadable_files_are_named(tmp_path: Path) -> None:
         with pytest.raises(WeightsError, match=r"not_a_state_dict\.pth: not a state dict"):
             build("resnet8", weights=path)
     broken = tmp_path / "broken.ckpt"
-    save_checkpoint(broken, {"model": {"name": "resnet8", "state_dict": build("resnet8").state_dict()}})
+    save_checkpoint(broken, {"model": build("resnet8").state_dict(), "arch": {"name": "resnet8"}})
     broken.write_bytes(broken.read_bytes()[:-10])  # truncated ukd checkpoint
     with pytest.raises(WeightsError, match=r"broken\.ckpt.*truncated"):
         build("resnet8", weights=broken)

@@ -39,16 +39,25 @@ def test_round_trip(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
 
 
+def _flip_in_tensor_data(blob: bytes) -> bytes:
+    """One flipped bit in the middle of the stored ``weights`` tensor (its record in the zip archive)."""
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+        info = max(archive.infolist(), key=lambda i: i.file_size)  # the 64x32 float tensor
+    offset = info.header_offset + 30 + len(info.filename) + len(info.extra) + info.file_size // 2
+    return blob[:offset] + bytes([blob[offset] ^ 0x01]) + blob[offset + 1 :]
+
+
 @pytest.mark.parametrize(
     ("damage", "match"),
     [
-        (lambda b: b[: len(b) // 2], "truncated"),
-        (lambda b: b[:20], "truncated"),
+        (lambda b: b[: len(b) // 2], "truncated or corrupted"),
+        (lambda b: b[:20], "truncated or corrupted"),
         (lambda b: b"", "empty file"),
-        (lambda b: b[:-1], "truncated"),
-        (lambda b: b + b"\0", "padded"),
-        (lambda b: b[:5000] + bytes([b[5000] ^ 0x01]) + b[5001:], "corrupted"),  # one flipped bit in the tensor data
-        (lambda b: b"PK" + b[2:], "bad header"),
+        (lambda b: b[:-1], "truncated or corrupted"),
+        (_flip_in_tensor_data, "corrupted: the SHA-256 digest"),  # torch.load alone reads it without complaint
+        (lambda b: b"XK" + b[2:], "bad header"),
     ],
 )
 def test_damaged_checkpoint_names_the_file(tmp_path: Path, damage, match: str) -> None:
@@ -65,7 +74,7 @@ def test_missing_and_foreign_files(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "missing.pt")
     plain = tmp_path / "plain.pt"
     torch.save({"a": 1}, plain)  # a plain torch.save file is not a ukd checkpoint
-    with pytest.raises(CheckpointError, match=r"plain\.pt: bad header"):
+    with pytest.raises(CheckpointError, match=r"plain\.pt: no .sha256. entry, so not a ukd checkpoint"):
         load_checkpoint(plain)
 
 
@@ -100,6 +109,56 @@ def test_failed_fsync_keeps_previous_checkpoint(tmp_path: Path, monkeypatch: pyt
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_checkpoint_is_a_standard_torch_file(tmp_path: Path) -> None:
+    """torch.load(weights_only=True) opens it and the digest is the SHA-256 of the content, recomputed by hand."""
+    import hashlib
+
+    path = tmp_path / "last.pt"
+    state = {"model": {"w": torch.arange(6.0).reshape(2, 3)}, "epoch": 2, "rng": capture_rng_state()}
+    save_checkpoint(path, state)
+    plain = torch.load(path, weights_only=True)
+    assert torch.equal(plain["model"]["w"], state["model"]["w"]) and plain["epoch"] == 2
+    h = hashlib.sha256()  # the walk of content_digest, written out for this payload
+    h.update(b"D3")
+    h.update(b"K'model'D1K'w'Ttorch.float32(2, 3)")
+    h.update(torch.arange(6.0).numpy().tobytes())
+    h.update(b"K'epoch'Vint:2;K'rng'")
+    rng = state["rng"]
+    h.update(f"D{len(rng)}".encode())
+    for key, value in rng.items():
+        h.update(f"K{key!r}".encode())
+        ckpt_mod._digest_into(h, value, "rng")  # the RNG tuples: the generic walk
+    assert plain["sha256"] == h.hexdigest()
+    with pytest.raises(TypeError, match=r"state\['bad'\]: a ndarray cannot go into a checkpoint"):
+        save_checkpoint(tmp_path / "x.pt", {"bad": np.zeros(3)})
+
+
+def test_legacy_checkpoints_are_read(tmp_path: Path) -> None:
+    """Files of ukd < 0.2 (header + digest + torch.save payload, model under model.state_dict) still load."""
+    import hashlib
+    import struct
+
+    weights = {"w": torch.randn(3)}
+    legacy_state = {"model": {"name": "resnet8", "num_classes": 10, "in_channels": 1, "state_dict": weights}}
+    legacy_state["rng"] = {"numpy": np.random.get_state()}
+    buffer = io.BytesIO()
+    torch.save(legacy_state, buffer)
+    payload = buffer.getvalue()
+    path = tmp_path / "old.pt"
+    path.write_bytes(
+        b"UKD-CHECKPOINT1\n" + struct.pack("<32sQ", hashlib.sha256(payload).digest(), len(payload)) + payload
+    )
+    back = load_checkpoint(path)
+    assert torch.equal(back["model"]["w"], weights["w"]) and back["arch"] == {
+        "name": "resnet8",
+        "num_classes": 10,
+        "in_channels": 1,
+    }
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(CheckpointError, match="truncated or padded"):
+        load_checkpoint(path)
 
 
 def test_rng_state_round_trip() -> None:

@@ -45,7 +45,7 @@ def test_train_teacher_writes_its_files(teacher_ckpt: Path) -> None:
     assert 0 <= records[0]["test_top1"] <= records[0]["test_top5"] <= 100
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ckpt = load_checkpoint(teacher_ckpt)
-    assert ckpt["epoch"] == 1 and ckpt["method"] == "ce" and ckpt["model"]["name"] == "resnet8"
+    assert ckpt["epoch"] == 1 and ckpt["method"] == "ce" and ckpt["arch"]["name"] == "resnet8"
     for key in ("optimizer", "scheduler", "rank_states", "config", "extra"):
         assert key in ckpt
     rng = ckpt["rank_states"][0]
@@ -78,7 +78,7 @@ def test_distill_and_evaluate(method: str, teacher_ckpt: Path, tmp_path: Path, c
 
 def _state(path: Path) -> dict[str, torch.Tensor]:
     ckpt = load_checkpoint(path)
-    flat = {f"model.{k}": v for k, v in ckpt["model"]["state_dict"].items()}
+    flat = {f"model.{k}": v for k, v in ckpt["model"].items()}
     flat.update({f"extra.{k}": v for k, v in ckpt["extra"].get("ukd", {}).items()})
     for pid, st in ckpt["optimizer"]["state"].items():
         flat[f"momentum.{pid}"] = st["momentum_buffer"]

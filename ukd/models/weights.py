@@ -10,8 +10,12 @@ Accepted files:
   under ``"model"`` (mdistiller and CRD checkpoints such as ``ckpt_epoch_240.pth``, CRD's ``*_last.pth`` whose
   ``"opt"`` entry is an ``argparse.Namespace``, allowed explicitly) or ``"state_dict"``; the state dict's keys may
   carry the ``module.`` prefix of ``nn.DataParallel`` / DDP, and be in mdistiller's (= CRD's) naming or in ukd's;
-* a ukd training checkpoint written by :func:`ukd.train.checkpoint.save_checkpoint` (recognised by its header; the
-  weights are ``ckpt["model"]["state_dict"]``, the architecture ``ckpt["model"]["name"]``).
+* a ukd training checkpoint written by :func:`ukd.train.checkpoint.save_checkpoint` (recognised by its ``"sha256"``
+  and ``"format"`` entries, its digest checked; the weights are ``ckpt["model"]``, the architecture
+  ``ckpt["arch"]["name"]``), or one of ukd < 0.2.
+
+:func:`read_weights` reads a file once into a :class:`WeightsFile` (the state dict, the layout hint, the
+architecture and metrics a ukd checkpoint names), which :func:`load_weights` and ``build(weights=...)`` also accept.
 
 The layout is detected from the keys: the file's keys are compared with the model's own names and with the names
 mdistiller gives the same tensors (:func:`mdistiller_names`, an explicit per-family translation, never by position);
@@ -28,7 +32,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -46,8 +50,10 @@ __all__ = [
     "LAYOUT_UKD",
     "LAYOUT_UKD_CHECKPOINT",
     "WeightsError",
+    "WeightsFile",
     "load_weights",
     "mdistiller_names",
+    "read_weights",
 ]
 
 LAYOUT_MDISTILLER = "mdistiller"  # mdistiller's and CRD's (RepDistiller's) module names: the same
@@ -188,47 +194,68 @@ def _describe(obj: object) -> str:
     return f"a {type(obj).__name__}"
 
 
-def _read(path: Path) -> tuple[dict[str, Tensor], str | None, str | None]:
-    """Return (state dict, "ukd-checkpoint" or None, the architecture a ukd checkpoint names or None)."""
-    from ukd.train.checkpoint import MAGIC, CheckpointError, load_checkpoint  # lazily: ukd.train imports ukd.models
+class WeightsFile(NamedTuple):
+    """A weights file, read once (:func:`read_weights`).
 
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(MAGIC))
-    except FileNotFoundError:
-        raise WeightsError(f"weights file {path}: not found") from None
-    except OSError as exc:
-        raise WeightsError(f"weights file {path}: cannot be read ({exc})") from exc
+    Attributes:
+        path: the file.
+        state_dict: parameter and buffer names → tensors, as stored (keys in the file's layout).
+        layout: ``"ukd-checkpoint"`` for a ukd training checkpoint, else None (detected from the keys on loading).
+        arch: the zoo name a ukd checkpoint names, else None.
+        metrics: the metrics record a ukd checkpoint holds (e.g. ``test_top1``), else ``{}``.
+    """
 
-    if head == MAGIC:
+    path: Path
+    state_dict: dict[str, Tensor]
+    layout: str | None
+    arch: str | None
+    metrics: dict[str, Any]
+
+
+def read_weights(path: str | os.PathLike[str]) -> WeightsFile:
+    """Read the weights in ``path`` (any accepted file, see the module doc) without loading them into a model.
+
+    Raises:
+        WeightsError: the file is missing, unreadable, a damaged ukd checkpoint, or holds no state dict.
+    """
+    from ukd.train.checkpoint import CheckpointError, is_checkpoint, load_checkpoint  # lazily: ukd.train imports us
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file {path}: not found")
+    if is_checkpoint(path):
         try:
             ckpt = load_checkpoint(path)
         except CheckpointError as exc:
             raise WeightsError(f"weights file {path}: {exc}") from exc
-        spec = ckpt.get("model")
-        if not isinstance(spec, Mapping) or not _is_state_dict(spec.get("state_dict")):
+        if not _is_state_dict(ckpt.get("model")):
             raise WeightsError(
-                f"weights file {path}: a ukd checkpoint without model weights (expected ckpt['model']['state_dict'], "
-                f"found {_describe(spec)} under 'model')"
+                f"weights file {path}: a ukd checkpoint without model weights (expected a state dict under 'model', "
+                f"found {_describe(ckpt.get('model'))})"
             )
-        arch = spec.get("name")
-        return dict(spec["state_dict"]), LAYOUT_UKD_CHECKPOINT, arch if isinstance(arch, str) else None
-
+        arch = (ckpt.get("arch") or {}).get("name")
+        return WeightsFile(
+            path,
+            dict(ckpt["model"]),
+            LAYOUT_UKD_CHECKPOINT,
+            arch if isinstance(arch, str) else None,
+            dict(ckpt.get("metrics") or {}),
+        )
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):  # CRD's *_last.pth keep their options in one
             obj: Any = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any failure to read or unpickle the file is reported the same way
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise WeightsError(
-            f"weights file {path}: not a ukd checkpoint and torch.load(weights_only=True) cannot read it "
-            f"({type(exc).__name__}: {detail[:300]})"
+            f"weights file {path}: truncated, corrupted or not a PyTorch file: torch.load(weights_only=True) cannot "
+            f"read it ({type(exc).__name__}: {detail[:300]})"
         ) from exc
     if isinstance(obj, Mapping):
         for entry in ("model", "state_dict"):
             if entry in obj and _is_state_dict(obj[entry]):
-                return dict(obj[entry]), None, None
+                return WeightsFile(path, dict(obj[entry]), None, None, {})
     if _is_state_dict(obj):
-        return dict(obj), None, None
+        return WeightsFile(path, dict(obj), None, None, {})
     raise WeightsError(
         f"weights file {path}: not a state dict: found {_describe(obj)}; expected a mapping of parameter names to "
         "tensors, or a dict holding one under 'model' or 'state_dict'"
@@ -271,13 +298,14 @@ def _first_conv_key(model: nn.Module) -> str | None:
     return None
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike[str], *, name: str | None = None) -> str:
+def load_weights(model: nn.Module, path: str | os.PathLike[str] | WeightsFile, *, name: str | None = None) -> str:
     """Load the weights in ``path`` into ``model`` (in place, strictly) and return the layout detected.
 
     Args:
         model: a zoo model (any ``nn.Module`` for ukd-layout weights).
         path: an mdistiller / CRD checkpoint (``{"model": state_dict, ...}``, ``{"state_dict": ...}`` or a bare state
-            dict, keys optionally prefixed with ``module.``), a bare ukd state dict, or a ukd training checkpoint.
+            dict, keys optionally prefixed with ``module.``), a bare ukd state dict, or a ukd training checkpoint; or
+            what :func:`read_weights` read from one.
         name: the zoo name of ``model`` (e.g. ``"resnet32x4"``), used in messages and checked against the
             architecture a ukd checkpoint names; defaults to the name :func:`ukd.models.build` recorded on the model.
 
@@ -288,11 +316,11 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], *, name: str | 
         WeightsError: the file is missing, unreadable or not a state dict; a ukd checkpoint names another
             architecture; or keys / shapes do not fit (e.g. a 100-class checkpoint into a 10-class model).
     """
-    path = Path(path)
+    weights = path if isinstance(path, WeightsFile) else read_weights(path)
+    path, state, hint, arch = weights.path, weights.state_dict, weights.layout, weights.arch
     if name is None:
         name = getattr(model, "zoo_name", None)
     label = name if name is not None else type(model).__name__
-    state, hint, arch = _read(path)
     if hint == LAYOUT_UKD_CHECKPOINT and arch is not None and name is not None and arch != name:
         raise WeightsError(
             f"weights file {path}: a ukd checkpoint of {arch!r}, not of {name!r} (layout {hint!r}); build {arch!r}"

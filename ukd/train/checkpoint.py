@@ -1,10 +1,16 @@
-"""Checkpoints: atomic writes, an integrity check on read, and the random-number state needed to resume exactly.
+"""Checkpoints: ordinary ``torch.save`` files, an integrity digest inside, atomic writes, and the random-number state
+needed to resume exactly.
 
-File format: a 16-byte magic line, the SHA-256 digest of the payload (32 bytes), the payload's length (8 bytes,
-little-endian), then the payload, which is an ordinary ``torch.save`` archive. A file that is truncated, has a
-flipped byte, or is not a ukd checkpoint at all is reported by :func:`load_checkpoint` with a
-:class:`CheckpointError` that names the file; nothing falls back silently. ``torch.load`` alone cannot catch a
-flipped byte inside a tensor, hence the digest.
+A checkpoint is what ``torch.save`` writes, so ``torch.load(path, weights_only=True)`` opens it anywhere. Its payload
+is a dict holding only what ``weights_only`` allows (tensors, numbers, strings, ``None``, lists, tuples, dicts) and,
+under ``"sha256"``, a SHA-256 digest of everything else (:func:`content_digest`: every tensor's dtype, shape and
+bytes, every other value's type and ``repr``, keys in order). :func:`load_checkpoint` recomputes it, so a flipped
+byte inside a tensor, which ``torch.load`` alone cannot notice, is reported; a truncated file, or one that is not a
+checkpoint at all, is reported too, with a :class:`CheckpointError` that names the file. The files of ukd < 0.2 (a
+``UKD-CHECKPOINT1`` header before the ``torch.save`` archive) are still read, converted to the current layout.
+
+The trainer's checkpoints (``last.pt``, ``best.pt``) are documented in ``docs/checkpoints.md``; the network's state
+dict is under ``"model"`` (as in mdistiller's and CRD's checkpoints), its architecture under ``"arch"``.
 
 Writes go to a temporary file in the target's directory, are flushed and fsync'ed, and then replace the target with
 ``os.replace`` (atomic on POSIX); the directory is fsync'ed too. A failed write (disk full, a crash) leaves the previous
@@ -23,6 +29,7 @@ import random
 import socket
 import struct
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +37,22 @@ import numpy as np
 import torch
 
 __all__ = [
-    "MAGIC",
+    "DIGEST_KEY",
     "CheckpointError",
     "atomic_write_bytes",
     "capture_rng_state",
+    "content_digest",
+    "is_checkpoint",
     "load_checkpoint",
     "remove_stale_temporaries",
     "restore_rng_state",
     "save_checkpoint",
 ]
 
-MAGIC = b"UKD-CHECKPOINT1\n"
-_HEADER = struct.Struct("<32sQ")  # sha256 digest, payload length
+DIGEST_KEY = "sha256"
+_LEGACY_MAGIC = b"UKD-CHECKPOINT1\n"  # ukd < 0.2: this header, sha256 digest, payload length, then the payload
+_LEGACY_HEADER = struct.Struct("<32sQ")
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's archive is a zip file
 
 
 class CheckpointError(RuntimeError):
@@ -129,21 +140,67 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def content_digest(state: Any) -> str:
+    """The SHA-256 (hex) of a checkpoint payload, ``state`` without its ``"sha256"`` entry.
+
+    Hashes a walk over ``state``: for a tensor its dtype, shape and bytes (as stored, whatever its strides); for a
+    dict its keys in order and their values; for a list or tuple its kind, length and items; for ``None``, bools,
+    numbers and strings their type and ``repr``. The same payload saved and loaded again gives the same digest.
+
+    Raises:
+        TypeError: ``state`` holds a value that ``torch.load(weights_only=True)`` could not read back (the message
+            gives its place, e.g. ``state['rank_states'][0]['rng']['numpy']``).
+    """
+    h = hashlib.sha256()
+    _digest_into(h, state, "state", top=True)
+    return h.hexdigest()
+
+
+def _digest_into(h: Any, value: Any, where: str, top: bool = False) -> None:
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(value, dict):
+        items = [(k, v) for k, v in value.items() if not (top and k == DIGEST_KEY)]
+        h.update(f"D{len(items)}".encode())
+        for key, item in items:
+            if not isinstance(key, (str, int)):
+                raise TypeError(f"{where}: a dict key of type {type(key).__name__}; expected str or int")
+            h.update(f"K{key!r}".encode())
+            _digest_into(h, item, f"{where}[{key!r}]")
+    elif isinstance(value, (list, tuple)):
+        h.update(f"{'L' if isinstance(value, list) else 'U'}{len(value)}".encode())
+        for i, item in enumerate(value):
+            _digest_into(h, item, f"{where}[{i}]")
+    elif value is None or isinstance(value, (bool, int, float, str)):
+        h.update(f"V{type(value).__name__}:{value!r};".encode())
+    else:
+        raise TypeError(
+            f"{where}: a {type(value).__name__} cannot go into a checkpoint (torch.load(weights_only=True) would "
+            "refuse it); store tensors, numbers, strings, None, lists, tuples and dicts"
+        )
+
+
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
-    """Serialise ``state`` with ``torch.save`` and write it atomically with a digest header (see the module doc)."""
+    """``torch.save`` ``state`` plus its digest under ``"sha256"`` to ``path``, atomically (see the module doc).
+
+    Raises:
+        TypeError: ``state`` holds something ``torch.load(weights_only=True)`` cannot read (see :func:`content_digest`).
+    """
+    payload = {k: v for k, v in state.items() if k != DIGEST_KEY}
+    payload[DIGEST_KEY] = content_digest(payload)
     buffer = io.BytesIO()
-    torch.save(state, buffer)
-    payload = buffer.getbuffer()
-    header = MAGIC + _HEADER.pack(hashlib.sha256(payload).digest(), len(payload))
-    atomic_write_bytes(path, header + bytes(payload))
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getbuffer())
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`.
+    """Read a checkpoint written by :func:`save_checkpoint` (or by ukd < 0.2) and check its digest.
 
     Raises:
-        CheckpointError: the file is missing, truncated, corrupted (digest mismatch), not a ukd checkpoint, or its
-            payload cannot be unpickled; the message names the file and says what is wrong.
+        CheckpointError: the file is missing, truncated, corrupted (digest mismatch), not a checkpoint, or cannot be
+            read by ``torch.load(weights_only=True)``; the message names the file and says what is wrong.
     """
     path = Path(path)
     try:
@@ -152,13 +209,61 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         raise CheckpointError(f"checkpoint {path}: file not found") from None
     except OSError as exc:
         raise CheckpointError(f"checkpoint {path}: cannot be read ({exc})") from exc
-    head = len(MAGIC) + _HEADER.size
-    if not blob.startswith(MAGIC):
-        what = "empty file" if not blob else "bad header: not a ukd checkpoint, or its first bytes are corrupted"
-        raise CheckpointError(f"checkpoint {path}: {what}; refusing to use it (delete it to start afresh)")
+    if blob.startswith(_LEGACY_MAGIC):
+        return _upgrade_legacy(path, _load_legacy(path, blob, map_location))
+    if not blob:
+        raise CheckpointError(f"checkpoint {path}: empty file; refusing to use it (delete it to start afresh)")
+    if not blob.startswith(_ZIP_MAGIC):
+        raise CheckpointError(
+            f"checkpoint {path}: bad header: not a torch.save archive, or its first bytes are corrupted; refusing to "
+            "use it (delete it to start afresh)"
+        )
+    try:
+        state = torch.load(io.BytesIO(blob), map_location=map_location, weights_only=True)
+    except Exception as exc:  # a torn zip, a damaged pickle: any failure to read is a broken checkpoint
+        detail = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise CheckpointError(
+            f"checkpoint {path}: truncated or corrupted: torch.load cannot read it ({type(exc).__name__}: {detail})"
+        ) from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path}: expected a dict payload, got {type(state).__name__}")
+    stored = state.get(DIGEST_KEY)
+    if not isinstance(stored, str):
+        raise CheckpointError(
+            f"checkpoint {path}: no {DIGEST_KEY!r} entry, so not a ukd checkpoint (weights of other programs load "
+            "with ukd.models.build(name, weights=path))"
+        )
+    if content_digest(state) != stored:
+        raise CheckpointError(f"checkpoint {path}: corrupted: the SHA-256 digest of its content does not match")
+    return state
+
+
+def is_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a ukd checkpoint (ukd < 0.2 too), without checking its digest; False for other files.
+
+    A ``torch.save`` archive is a ukd checkpoint when it holds a ``data.pkl`` naming the digest entry; the check
+    reads the archive's directory and its (small) pickle, not the tensors.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_LEGACY_MAGIC))
+        if head.startswith(_LEGACY_MAGIC):
+            return True
+        if not head.startswith(_ZIP_MAGIC):
+            return False
+        with zipfile.ZipFile(path) as archive:
+            pickles = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+            return len(pickles) == 1 and f"{DIGEST_KEY}".encode() in archive.read(pickles[0])
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _load_legacy(path: Path, blob: bytes, map_location: str | torch.device) -> dict[str, Any]:
+    """The payload of a ukd < 0.2 file: header, digest of the payload, its length, the ``torch.save`` payload."""
+    head = len(_LEGACY_MAGIC) + _LEGACY_HEADER.size
     if len(blob) < head:
         raise CheckpointError(f"checkpoint {path}: truncated ({len(blob)} bytes, the header alone is {head})")
-    digest, length = _HEADER.unpack_from(blob, len(MAGIC))
+    digest, length = _LEGACY_HEADER.unpack_from(blob, len(_LEGACY_MAGIC))
     payload = memoryview(blob)[head:]
     if len(payload) != length:
         raise CheckpointError(
@@ -166,20 +271,32 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         )
     if hashlib.sha256(payload).digest() != digest:
         raise CheckpointError(f"checkpoint {path}: corrupted: the SHA-256 digest of its payload does not match")
-    try:
+    try:  # written by ukd itself (numpy RNG states need the full unpickler)
         state = torch.load(io.BytesIO(payload), map_location=map_location, weights_only=False)
-    except Exception as exc:  # any unpickling failure is a broken checkpoint
+    except Exception as exc:
         raise CheckpointError(f"checkpoint {path}: cannot be deserialised ({type(exc).__name__}: {exc})") from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path}: expected a dict payload, got {type(state).__name__}")
     return state
 
 
+def _upgrade_legacy(path: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """A ukd < 0.2 payload in the current layout: ``model`` = the state dict, ``arch`` = its architecture."""
+    spec = state.get("model")
+    if isinstance(spec, dict) and "state_dict" in spec:
+        state = dict(state)
+        state["model"] = spec["state_dict"]
+        state["arch"] = {k: spec[k] for k in ("name", "num_classes", "in_channels") if k in spec}
+    return state
+
+
 def capture_rng_state() -> dict[str, Any]:
     """The global random states of torch (CPU and every CUDA device), numpy and Python's ``random``."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        # numpy's (kind, uint32 keys, pos, has_gauss, cached_gaussian), its keys as an int64 tensor (weights_only)
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
@@ -190,7 +307,9 @@ def capture_rng_state() -> dict[str, Any]:
 def restore_rng_state(state: dict[str, Any]) -> None:
     """Restore what :func:`capture_rng_state` returned."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    keys = keys.numpy().astype(np.uint32) if isinstance(keys, torch.Tensor) else keys  # ukd < 0.2: an ndarray
+    np.random.set_state((kind, keys, pos, has_gauss, cached))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -46,10 +46,10 @@ from tqdm import tqdm
 from ukd.data import rank_seed, seed_everything
 from ukd.distillers import Distiller, DistillSettings, build_distiller, needs_teacher
 from ukd.models import build as build_model
-from ukd.models.weights import WeightsError
+from ukd.models.weights import WeightsError, read_weights
 
 from . import distributed as dist_utils
-from .checkpoint import MAGIC, CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .checkpoint import CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .config import DEFAULTS, ConfigError, load_config, merge
 from .data import Loaders, build_train_loaders, load_loader_state, loader_state
 from .metrics import plot_curves, read_metrics, topk_correct, truncate_metrics, write_metrics
@@ -66,7 +66,7 @@ __all__ = [
 ]
 
 CHECKPOINT_NAME = "last.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: ukd < 0.2 (read and upgraded by ukd.train.checkpoint.load_checkpoint)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -140,14 +140,14 @@ def load_model(path: str | os.PathLike[str], device: torch.device | str = "cpu")
         CheckpointError: unreadable checkpoint, or one without a model (the message names the file).
     """
     ckpt = load_checkpoint(path, map_location="cpu")
-    spec = ckpt.get("model")
-    if not isinstance(spec, dict) or not {"name", "num_classes", "in_channels", "state_dict"} <= set(spec):
-        raise CheckpointError(f"checkpoint {path}: holds no model (expected a checkpoint written by ukd)")
-    model = build_model(spec["name"], num_classes=spec["num_classes"], in_channels=spec["in_channels"])
+    arch = ckpt.get("arch")
+    if not isinstance(arch, dict) or not {"name", "num_classes", "in_channels"} <= set(arch) or "model" not in ckpt:
+        raise CheckpointError(f"checkpoint {path}: holds no model (expected a checkpoint written by ukd's trainer)")
+    model = build_model(arch["name"], num_classes=arch["num_classes"], in_channels=arch["in_channels"])
     try:
-        model.load_state_dict(spec["state_dict"])
+        model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {path}: its weights do not fit model {spec['name']!r}: {exc}") from exc
+        raise CheckpointError(f"checkpoint {path}: its weights do not fit model {arch['name']!r}: {exc}") from exc
     return model.to(device).eval(), ckpt
 
 
@@ -229,21 +229,6 @@ def _restore_schedule(run: Run, ckpt: dict[str, Any]) -> None:
         )
 
 
-def _teacher_spec(weights: str) -> tuple[str | None, dict[str, Any]]:
-    """The architecture name and metrics stored in a ukd checkpoint at ``weights``; ``(None, {})`` for other files.
-
-    Raises:
-        CheckpointError: the file starts like a ukd checkpoint but is damaged.
-    """
-    with open(weights, "rb") as f:
-        if f.read(len(MAGIC)) != MAGIC:
-            return None, {}
-    ckpt = load_checkpoint(weights, map_location="cpu")
-    spec = ckpt.get("model")
-    name = spec.get("name") if isinstance(spec, dict) else None
-    return name, dict(ckpt.get("metrics") or {})
-
-
 def _load_teacher(cfg: dict[str, Any], device: torch.device, info: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
     """The frozen teacher of ``teacher.name`` with ``teacher.weights``, in eval mode on ``device``.
 
@@ -259,7 +244,11 @@ def _load_teacher(cfg: dict[str, Any], device: torch.device, info: dict[str, Any
     if not Path(weights).is_file():
         hint = " (train one with `ukd train-teacher`)" if weights == "runs/teacher/last.pt" else ""
         raise CheckpointError(f"teacher.weights {weights}: file not found{hint}")
-    stored, metrics = _teacher_spec(weights)
+    try:
+        weights_file = read_weights(weights)
+    except WeightsError as exc:
+        raise WeightsError(f"teacher.weights: {exc}") from exc
+    stored, metrics = weights_file.arch, weights_file.metrics
     name = name or stored
     if name is None:
         raise ConfigError(
@@ -267,7 +256,9 @@ def _load_teacher(cfg: dict[str, Any], device: torch.device, info: dict[str, Any
             "(--teacher NAME, e.g. resnet32x4)"
         )
     try:
-        teacher = build_model(name, num_classes=info["num_classes"], in_channels=info["in_channels"], weights=weights)
+        teacher = build_model(
+            name, num_classes=info["num_classes"], in_channels=info["in_channels"], weights=weights_file
+        )
     except WeightsError as exc:
         raise WeightsError(
             f"teacher for {info['name']} ({info['num_classes']} classes, {info['in_channels']} input channels): {exc}"
@@ -278,14 +269,14 @@ def _load_teacher(cfg: dict[str, Any], device: torch.device, info: dict[str, Any
 
 
 def _check_resumable(path: Path, ckpt: dict[str, Any], cfg: dict[str, Any], method: str, world: int) -> None:
-    if ckpt.get("version") != FORMAT_VERSION:
+    if ckpt.get("version") not in (1, FORMAT_VERSION):  # 1: upgraded on reading
         raise CheckpointError(f"checkpoint {path}: format version {ckpt.get('version')!r}, expected {FORMAT_VERSION}")
-    missing = [k for k in ("model", "extra", "optimizer", "scheduler", "rank_states", "epoch") if k not in ckpt]
+    missing = [k for k in ("model", "arch", "extra", "optimizer", "scheduler", "rank_states", "epoch") if k not in ckpt]
     if missing:
         raise CheckpointError(f"checkpoint {path}: cannot resume from it, it lacks {', '.join(missing)}")
     mismatches = []
-    if ckpt["model"]["name"] != cfg["model"]["name"]:
-        mismatches.append(f"model {ckpt['model']['name']!r} vs {cfg['model']['name']!r}")
+    if ckpt["arch"]["name"] != cfg["model"]["name"]:
+        mismatches.append(f"model {ckpt['arch']['name']!r} vs {cfg['model']['name']!r}")
     if ckpt.get("method") != method:
         mismatches.append(f"method {ckpt.get('method')!r} vs {method!r}")
     if len(ckpt["rank_states"]) != world:
@@ -428,7 +419,7 @@ def _resume_run(run: Run) -> None:
         if ckpt_path.exists():
             ckpt = load_checkpoint(ckpt_path, map_location="cpu")  # RNG states must stay on the CPU
             _check_resumable(ckpt_path, ckpt, run.cfg, run.method, env.world_size)
-            run.model.load_state_dict(ckpt["model"]["state_dict"])
+            run.model.load_state_dict(ckpt["model"])
             run.distiller.load_extra_state(ckpt["extra"])
             run.optimizer.load_state_dict(ckpt["optimizer"])
             _restore_schedule(run, ckpt)
@@ -579,11 +570,11 @@ def _checkpoint_state(run: Run, epoch: int, record: dict[str, Any], rank_states:
         "epoch": epoch,
         "epochs": run.epochs,
         "elapsed": record["elapsed"],
-        "model": {
+        "model": run.model.state_dict(),
+        "arch": {
             "name": run.cfg["model"]["name"],
             "num_classes": info["num_classes"],
             "in_channels": info["in_channels"],
-            "state_dict": run.model.state_dict(),
         },
         "extra": run.distiller.extra_state(),
         "optimizer": run.optimizer.state_dict(),
@@ -729,7 +720,7 @@ def evaluate_checkpoint(
     """
     if not Path(path).is_file():
         raise CheckpointError(f"checkpoint {path}: file not found")
-    stored, _ = _teacher_spec(str(path))
+    stored = read_weights(path).arch
     ckpt: dict[str, Any] = {}
     if stored is not None:
         if model_name is not None and model_name != stored:
