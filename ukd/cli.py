@@ -1,4 +1,4 @@
-"""The ``ukd`` command (also ``python -m ukd``): train-teacher, distill, evaluate, demo.
+"""The ``ukd`` command (also ``python -m ukd``): train-teacher, distill, evaluate, export, demo.
 
 Configuration comes in layers: built-in defaults (sane for Fashion-MNIST on a CPU) ← ``--config FILE`` (YAML, or the
 name of a configuration shipped in ``ukd/configs``) ← explicit flags ← ``--set key=value`` (repeatable, in order).
@@ -45,6 +45,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-subset", type=int, metavar="N", help="train on a balanced subset of N images")
     g.add_argument("--threads", type=int, metavar="N", help="compute threads per process (run.threads)")
     g.add_argument("--resume", action="store_true", default=None, help="continue from <output_dir>/last.pt")
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=None,
+        help="replace the run already in the output directory (its files are replaced once the new run has saved "
+        "its first epoch); without --resume or --overwrite an existing run is never touched",
+    )
     g.add_argument("--quiet", "-q", action="store_true", default=None, help="no progress bars or per-epoch lines")
 
 
@@ -60,6 +67,7 @@ _FLAG_KEYS = {
     "train_subset": "data.train_subset",
     "threads": "run.threads",
     "resume": "run.resume",
+    "overwrite": "run.overwrite",
     "quiet": "run.quiet",
     "method": "distill.method",
     "teacher_weights": "teacher.weights",
@@ -68,8 +76,23 @@ _FLAG_KEYS = {
 }
 
 
+def _catalogue(methods: bool) -> str:
+    """The help text naming every zoo model (and every method)."""
+    import textwrap
+
+    from ukd.models import available
+    from ukd.train.config import METHODS
+
+    lines = textwrap.wrap("Models: " + ", ".join(available()), width=100, subsequent_indent="  ")
+    if methods:
+        lines += textwrap.wrap(
+            "Methods: " + ", ".join(METHODS) + " (docs/recipe.md, docs/baselines.md)", width=100, subsequent_indent="  "
+        )
+    return "\n".join(lines) + "\n\n" + textwrap.fill(_EPILOG, width=100)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``ukd`` with its four subcommands."""
+    """The argument parser of ``ukd`` with its subcommands."""
     from ukd import __version__
     from ukd.train.config import METHODS
 
@@ -86,17 +109,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a network with cross-entropy (a teacher)",
         description="Train a network with cross-entropy alone; its last.pt is the teacher of `ukd distill`. "
         "Default: resnet20 on Fashion-MNIST, written to runs/teacher.",
-        epilog=_EPILOG,
+        epilog=_catalogue(methods=False),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(p)
 
     p = sub.add_parser(
         "distill",
-        help="train a student from a frozen teacher (ce, kd, dkd or ukd)",
-        description="Train a student with one method: ce (student alone), kd (CE + Hinton KD), dkd (CE + DKD with "
-        "warm-up) or ukd (CE + a logit term + the UKD loss, whose heads train with the student). "
+        help="train a student from a frozen teacher (ce, kd, dkd, ukd, fitnet, ...)",
+        description="Train a student with one method, e.g. ce (student alone), kd (CE + Hinton KD), dkd (CE + DKD "
+        "with warm-up) or ukd (CE + a logit term + the UKD loss, whose heads train with the student); every method "
+        "is listed below. "
         "Default output: runs/<model>_<method>.",
-        epilog=_EPILOG,
+        epilog=_catalogue(methods=True),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(p)
     p.add_argument("--method", "-m", choices=METHODS, help="distill.method (default kd)")
@@ -140,6 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", metavar="DIR", help="data.data_dir")
     p.add_argument("--threads", type=int, metavar="N", help="run.threads")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = sub.add_parser(
+        "export",
+        help="write the network's weights of a checkpoint as a plain state dict",
+        description="Write the network's state dict of a ukd checkpoint (last.pt or best.pt) to OUT with torch.save: "
+        "a plain {name: tensor} dict that torch.load(OUT, weights_only=True) reads and "
+        "model.load_state_dict accepts (build the model with ukd.models.build(NAME, num_classes=..., "
+        "in_channels=...); the command prints them).",
+    )
+    p.add_argument("checkpoint", help="a last.pt or best.pt written by train-teacher or distill")
+    p.add_argument("out", metavar="OUT", help="the file to write (refused if it exists, unless --force)")
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
 
     p = sub.add_parser(
         "demo",
@@ -220,6 +258,17 @@ def _run(args: argparse.Namespace) -> int:
                 )
         return 0
 
+    if args.command == "export":
+        from ukd.train.trainer import export_checkpoint
+
+        arch = export_checkpoint(args.checkpoint, args.out, force=args.force)
+        print(
+            f"{args.out}: state dict of {arch['name']} ({arch['num_classes']} classes, {arch['in_channels']} input "
+            f"channels); load with ukd.models.build({arch['name']!r}, num_classes={arch['num_classes']}, "
+            f"in_channels={arch['in_channels']}, weights={str(args.out)!r})"
+        )
+        return 0
+
     cfg = config_from_args(args)
     if args.command == "demo":
         from ukd.train.demo import run_demo
@@ -267,6 +316,13 @@ def _reexec_with_passive_openmp() -> None:
         return
 
 
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[command]
+    return parser  # pragma: no cover - the parser always has its subcommands
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``ukd`` console script. Returns the exit status.
 
@@ -274,8 +330,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     training commands (see :func:`_reexec_with_passive_openmp`); an explicit ``argv`` (tests, scripts) never does.
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if argv is None and args.command != "evaluate":
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported with the subcommand's usage, not the top level's
+        _subparser(parser, args.command).error(f"unrecognized arguments: {' '.join(unknown)}")
+    if argv is None and args.command not in ("evaluate", "export"):
         _reexec_with_passive_openmp()
     from ukd.data import DatasetFormatError, DatasetNotFoundError
     from ukd.models.weights import WeightsError

@@ -10,7 +10,7 @@ import pytest
 
 from ukd.cli import main
 
-SUBCOMMANDS = ["train-teacher", "distill", "evaluate", "demo"]
+SUBCOMMANDS = ["train-teacher", "distill", "evaluate", "export", "demo"]
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
@@ -20,11 +20,20 @@ def test_subcommand_help(command: str, capsys: pytest.CaptureFixture) -> None:
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith(f"usage: ukd {command}")
-    if command != "evaluate":
+    if command not in ("evaluate", "export"):
         for flag in ("--config", "--set", "--resume", "--quiet", "--epochs", "--output-dir"):
             assert flag in out
+    if command in ("train-teacher", "distill"):
+        from ukd.models import available
+
+        listed = " ".join(out.split("Models:")[1].split("\n\n")[0].split())  # the paragraph, unwrapped
+        assert listed.split(" Methods:")[0].split(", ") == available()
     if command == "distill":
-        assert "{ce,kd,dkd,ukd}" in out and "--teacher" in out
+        from ukd.train.config import METHODS
+
+        assert "{" + ",".join(METHODS) + "}" in out and "--teacher" in out
+        methods = " ".join(out.split("Methods:")[1].split())
+        assert methods.startswith(", ".join(METHODS) + " ")
 
 
 def test_top_level_help_via_python_m() -> None:
@@ -39,7 +48,7 @@ def test_missing_subcommand_and_bad_option(capsys: pytest.CaptureFixture) -> Non
         main([])
     assert info.value.code == 2
     with pytest.raises(SystemExit):
-        main(["distill", "--method", "fitnet"])
+        main(["distill", "--method", "hint9"])
     assert "invalid choice" in capsys.readouterr().err
 
 

@@ -83,6 +83,7 @@ DEFAULTS: Config = {
         "device": "auto",  # auto | cpu | cuda
         "quiet": False,  # no progress bars, no per-epoch lines
         "resume": False,  # continue from <output_dir>/last.pt
+        "overwrite": False,  # replace the run in output_dir (its files go once the new run's first epoch is saved)
         "stop_after": None,  # int: stop (resumably) after this epoch, as if the run had been killed
         "eval_every": 1,  # evaluate on the test set every n epochs (and always after the last)
         "plot": True,

@@ -24,13 +24,17 @@ epoch, the configuration, and, for every rank, the torch/numpy/Python RNG states
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
+import io
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,23 +53,35 @@ from ukd.models import build as build_model
 from ukd.models.weights import WeightsError, read_weights
 
 from . import distributed as dist_utils
-from .checkpoint import CheckpointError, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    atomic_write_bytes,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from .config import DEFAULTS, ConfigError, load_config, merge
 from .data import Loaders, build_train_loaders, load_loader_state, loader_state
 from .metrics import plot_curves, read_metrics, topk_correct, truncate_metrics, write_metrics
 
 __all__ = [
+    "BEST_NAME",
     "CHECKPOINT_NAME",
+    "RUN_FILES",
     "RunResult",
     "TrainingInterrupted",
     "evaluate",
     "evaluate_checkpoint",
+    "export_checkpoint",
     "load_model",
+    "preflight",
     "set_threads",
     "train",
 ]
 
 CHECKPOINT_NAME = "last.pt"
+BEST_NAME = "best.pt"
 FORMAT_VERSION = 2  # 1: ukd < 0.2 (read and upgraded by ukd.train.checkpoint.load_checkpoint)
 
 
@@ -268,6 +284,95 @@ def _load_teacher(cfg: dict[str, Any], device: torch.device, info: dict[str, Any
     return teacher, {"name": name, "weights": str(weights), "test_top1": metrics.get("test_top1")}
 
 
+#: The files of a run in its output directory (``tensorboard/`` holds the event files).
+RUN_FILES = (CHECKPOINT_NAME, BEST_NAME, "metrics.jsonl", "summary.json", "curves.png", "tensorboard")
+
+
+def _existing_run_files(out: Path) -> list[str]:
+    return [name for name in RUN_FILES if (out / name).exists()]
+
+
+def preflight(cfg: dict[str, Any], method: str) -> None:
+    """Every check that needs no data and no network, before any work starts (called first by :func:`train`).
+
+    Raises:
+        ConfigError: ``output_dir`` holds a run and neither ``run.resume`` nor ``run.overwrite`` is set (or both
+            are), ``output_dir`` is not writable, ``run.device=cuda`` without a CUDA device, a UKD backend asked for
+            by name that cannot run on the run's device, or a teacher weights file that does not exist.
+    """
+    run_cfg = cfg["run"]
+    out = Path(cfg["output_dir"] or "runs/train")
+    if run_cfg["resume"] and run_cfg["overwrite"]:
+        raise ConfigError(
+            "run.resume and run.overwrite: choose one (--resume continues the run, --overwrite replaces it)"
+        )
+    existing = _existing_run_files(out)
+    if existing and not run_cfg["resume"] and not run_cfg["overwrite"]:
+        raise ConfigError(
+            f"output_dir {out} already holds a run ({', '.join(existing)}); continue it with --resume, replace it "
+            "with --overwrite (its files are replaced once the new run has saved its first epoch), or choose "
+            "another --output-dir"
+        )
+    _check_writable(out)
+    if run_cfg["device"] == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"run.device=cuda: torch {torch.__version__} sees no CUDA device"
+            + ("" if torch.version.cuda else " (a CPU-only build of torch)")
+            + "; use run.device=cpu or auto"
+        )
+    if method == "ukd":
+        from ukd.op import backends
+
+        device = torch.device("cuda" if run_cfg["device"] != "cpu" and torch.cuda.is_available() else "cpu")
+        name = cfg["distill"]["ukd"]["backend"]
+        try:
+            backends.resolve(name, device)
+        except backends.BackendUnavailableError as exc:
+            raise ConfigError(f"distill.ukd.backend={name} on {device.type}: {exc}") from None
+    weights = cfg["teacher"]["weights"]
+    if needs_teacher(method) and weights and not Path(weights).is_file():
+        hint = " (train one with `ukd train-teacher`)" if weights == "runs/teacher/last.pt" else ""
+        raise ConfigError(f"teacher.weights {weights}: file not found{hint}")
+
+
+def _check_writable(out: Path) -> None:
+    """Create ``out`` (and parents) and write and remove a probe file in it."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".ukd-write-check.", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"output_dir {out}: not writable ({exc.strerror or exc})") from None
+
+
+def _flatten(cfg: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in cfg.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{full}."))
+        else:
+            flat[full] = value
+    return flat
+
+
+#: Keys that may change between the segments of a run without remark.
+_RESUME_FREE = ("run.", "output_dir", "optim.epochs", "data.data_dir", "data.num_workers", "data.eval_batch_size")
+
+
+def _config_changes(saved: Any, cfg: dict[str, Any]) -> list[str]:
+    """``key: old -> new`` for every setting that differs between a checkpoint's configuration and ``cfg``."""
+    if not isinstance(saved, dict):
+        return []
+    old, new = _flatten(saved), _flatten(cfg)
+    return [
+        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key) and not key.startswith(_RESUME_FREE)
+    ]
+
+
 def _check_resumable(path: Path, ckpt: dict[str, Any], cfg: dict[str, Any], method: str, world: int) -> None:
     if ckpt.get("version") not in (1, FORMAT_VERSION):  # 1: upgraded on reading
         raise CheckpointError(f"checkpoint {path}: format version {ckpt.get('version')!r}, expected {FORMAT_VERSION}")
@@ -309,6 +414,9 @@ class Run:
         teacher_info: the teacher's name, weights file and stored test top-1 (``{}`` for ``ce``).
         net: what the training step calls: ``distiller``, or its DistributedDataParallel wrapper.
         start_epoch: the first epoch to train (1, or the one after the resumed checkpoint's).
+        saved_epoch: the epoch ``last.pt`` holds (0: nothing of this run saved yet).
+        replace_old: the directory holds a previous run's files, to be replaced at this run's first save.
+        best: ``{"epoch", "val_top1"}`` of ``best.pt`` (None: no validation split, or no epoch yet).
         elapsed: training seconds of the earlier segments of a resumed run.
         segment_start: ``time.perf_counter()`` when this segment's epochs began.
         records: the per-epoch metrics (on rank 0; those of earlier segments included).
@@ -330,6 +438,9 @@ class Run:
     teacher_info: dict[str, Any] = field(default_factory=dict)
     net: nn.Module | None = None
     start_epoch: int = 1
+    saved_epoch: int = 0
+    replace_old: bool = False
+    best: dict[str, Any] | None = None
     elapsed: float = 0.0
     segment_start: float = 0.0
     records: list[dict[str, Any]] = field(default_factory=list)
@@ -408,33 +519,65 @@ def _resume_run(run: Run) -> None:
     """With ``run.resume``: restore the state of ``last.pt`` (if there is one) and cut ``metrics.jsonl`` to it.
 
     Restores the weights, the method's extras, the optimiser, the scheduler, this rank's RNG and loader states, and
-    sets ``start_epoch``, ``elapsed`` and ``records``. Without ``run.resume`` a fresh run removes an old
-    ``metrics.jsonl``.
+    sets ``start_epoch``, ``saved_epoch``, ``elapsed`` and ``records``. A fresh run (no ``run.resume``, or no
+    ``last.pt`` to resume from) deletes nothing now: the files of a run already in the directory are replaced when
+    the new run saves its first epoch (``replace_old``).
 
     Raises:
-        CheckpointError: ``last.pt`` is unreadable or belongs to another run.
+        CheckpointError: ``last.pt`` is unreadable, belongs to another run, or its state does not fit the
+            configuration (the message lists the settings changed since it was written).
     """
     env, ckpt_path, metrics_path = run.env, run.ckpt_path, run.metrics_path
-    if run.cfg["run"]["resume"]:
-        if ckpt_path.exists():
-            ckpt = load_checkpoint(ckpt_path, map_location="cpu")  # RNG states must stay on the CPU
-            _check_resumable(ckpt_path, ckpt, run.cfg, run.method, env.world_size)
+    if run.cfg["run"]["resume"] and ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path, map_location="cpu")  # RNG states must stay on the CPU
+        _check_resumable(ckpt_path, ckpt, run.cfg, run.method, env.world_size)
+        changes = _config_changes(ckpt.get("config"), run.cfg)
+        try:
             run.model.load_state_dict(ckpt["model"])
             run.distiller.load_extra_state(ckpt["extra"])
             run.optimizer.load_state_dict(ckpt["optimizer"])
-            _restore_schedule(run, ckpt)
-            rank_state = ckpt["rank_states"][env.rank]
-            restore_rng_state(rank_state["rng"])
-            load_loader_state(run.loaders, rank_state["loader"])
-            run.start_epoch, run.elapsed = int(ckpt["epoch"]) + 1, float(ckpt.get("elapsed", 0.0))
-            if env.is_main:
-                truncate_metrics(metrics_path, int(ckpt["epoch"]))
-            run.say(f"resumed {ckpt_path} after epoch {ckpt['epoch']}")
+        except (RuntimeError, ValueError, KeyError) as exc:
+            detail = (str(exc).strip().splitlines() or [""])[0][:200]
+            why = f"settings changed since it was written: {'; '.join(changes)}" if changes else detail
+            raise CheckpointError(
+                f"checkpoint {ckpt_path}: cannot resume this run from it, its saved state does not fit the "
+                f"configuration ({why}); restore those settings, or start afresh with --overwrite"
+            ) from exc
+        _restore_schedule(run, ckpt)
+        rank_state = ckpt["rank_states"][env.rank]
+        restore_rng_state(rank_state["rng"])
+        load_loader_state(run.loaders, rank_state["loader"])
+        run.start_epoch, run.elapsed = int(ckpt["epoch"]) + 1, float(ckpt.get("elapsed", 0.0))
+        run.saved_epoch = int(ckpt["epoch"])
+        run.best = ckpt.get("best")
+        if env.is_main:
+            truncate_metrics(metrics_path, int(ckpt["epoch"]))
+        if changes:
+            run.say(f"resume: changed since {ckpt_path} was written: {'; '.join(changes)}")
+        run.say(f"resumed {ckpt_path} after epoch {ckpt['epoch']}")
+        run.records = read_metrics(metrics_path) if env.is_main else []
+        return
+    old = _existing_run_files(run.out)
+    run.replace_old = bool(old)
+    if run.cfg["run"]["resume"]:
+        kept = f"; the files there ({', '.join(old)}) are replaced once epoch 1 is saved" if old else ""
+        run.say(f"resume: no checkpoint at {ckpt_path}, starting from scratch{kept}")
+    elif old:
+        run.say(f"overwrite: the run in {run.out} ({', '.join(old)}) is replaced once epoch 1 is saved")
+    run.records = []
+
+
+def _replace_old_run(run: Run) -> None:
+    """After the new run's first checkpoint: remove the previous run's files that the new run has not rewritten."""
+    for name in RUN_FILES:
+        path = run.out / name
+        if name in (CHECKPOINT_NAME, "metrics.jsonl") or not path.exists():
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
         else:
-            run.say(f"resume: no checkpoint at {ckpt_path}, starting from scratch")
-    elif env.is_main and metrics_path.exists():
-        metrics_path.unlink()  # a fresh run starts a fresh log
-    run.records = read_metrics(metrics_path) if (env.is_main and run.start_epoch > 1) else []
+            path.unlink()
+    run.replace_old = False
 
 
 def _wrap_data_parallel(run: Run) -> None:
@@ -594,8 +737,13 @@ def _save_epoch(run: Run, epoch: int, record: dict[str, Any]) -> None:
     rank_states = dist_utils.all_gather_objects({"rng": capture_rng_state(), "loader": loader_state(run.loaders)})
     if run.env.is_main:
         run.records.append(record)
-        write_metrics(run.metrics_path, record)
         save_checkpoint(run.ckpt_path, _checkpoint_state(run, epoch, record, rank_states))
+        if run.replace_old:  # the old log goes only now, replaced by the new run's first record
+            atomic_write_bytes(run.metrics_path, (json.dumps(record) + "\n").encode("utf-8"))
+            _replace_old_run(run)
+        else:
+            write_metrics(run.metrics_path, record)
+    run.saved_epoch = epoch
     dist_utils.barrier()
 
 
@@ -628,6 +776,39 @@ def _run_epoch(run: Run, epoch: int) -> None:
         run.say(f"[{run.method}] stopped after epoch {epoch} (run.stop_after); continue with --resume")
 
 
+def _write_summary(run: Run, status: str, final: dict[str, Any] | None = None) -> None:
+    """Write ``summary.json`` (rank 0): ``status`` is ``finished``, ``stopped`` (``run.stop_after``),
+    ``interrupted`` or ``failed``; ``epochs_done`` is the epoch ``last.pt`` holds.
+
+    Nothing is written while the directory still holds a previous run's files (no epoch of this run saved yet), so
+    an early failure never overwrites that run's summary.
+    """
+    if not run.env.is_main or run.replace_old or run.saved_epoch == 0:
+        return
+    cfg, info = run.cfg, run.info
+    if final is None:
+        final = dict(run.records[-1]) if run.records else {}
+    summary = {
+        "status": status,
+        "finished": status == "finished",
+        "method": run.method,
+        "model": cfg["model"]["name"],
+        "teacher": run.teacher_info.get("name"),
+        "teacher_test_top1": run.teacher_info.get("test_top1"),
+        "epochs_done": run.saved_epoch,
+        "epochs": run.epochs,
+        "best": run.best,
+        "final": final,
+        "wall_time": run.elapsed_now(),
+        "world_size": run.env.world_size,
+        "threads": run.threads,
+        "data": {k: v for k, v in info.items() if k != "classes"},
+        "config": cfg,
+    }
+    text = json.dumps(summary, indent=2, default=str) + "\n"
+    atomic_write_bytes(run.out / "summary.json", text.encode("utf-8"))
+
+
 def _finish_run(run: Run) -> RunResult:
     """After the epochs: final metrics, optional per-rank weights, ``curves.png`` and ``summary.json`` (rank 0).
 
@@ -644,25 +825,10 @@ def _finish_run(run: Run) -> RunResult:
     if cfg["run"]["save_rank_weights"]:
         trained = {k: v for k, v in run.distiller.state_dict().items() if not k.startswith("teacher.")}
         torch.save({k: v.detach().cpu() for k, v in trained.items()}, out / f"weights_rank{env.rank}.pt")
-    if env.is_main:
-        if cfg["run"]["plot"] and records:
-            title = f"{cfg['model']['name']} [{method}] on {info['name']}"
-            plot_curves(records, out / "curves.png", title)
-        summary = {
-            "method": method,
-            "model": cfg["model"]["name"],
-            "teacher": run.teacher_info.get("name"),
-            "teacher_test_top1": run.teacher_info.get("test_top1"),
-            "finished": run.finished,
-            "epochs_done": records[-1]["epoch"] if records else 0,
-            "final": final,
-            "wall_time": wall,
-            "world_size": env.world_size,
-            "threads": run.threads,
-            "data": {k: v for k, v in info.items() if k != "classes"},
-            "config": cfg,
-        }
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    if env.is_main and cfg["run"]["plot"] and records and not run.replace_old:
+        title = f"{cfg['model']['name']} [{method}] on {info['name']}"
+        plot_curves(records, out / "curves.png", title)
+    _write_summary(run, "finished" if run.saved_epoch >= run.epochs else "stopped", final)
     dist_utils.barrier()
     return RunResult(out, run.model, run.distiller, records, final, wall, run.finished)
 
@@ -679,21 +845,46 @@ def train(cfg: dict[str, Any], *, method: str | None = None, warn_data: bool = T
         FloatingPointError: the loss became non-finite (the message gives the epoch and step).
         TrainingInterrupted: SIGINT; the message says which epoch ``last.pt`` holds.
     """
-    run = _setup_run(cfg, method or cfg["distill"]["method"], warn_data)
+    method = method or cfg["distill"]["method"]
+    preflight(cfg, method)
+    run = _setup_run(cfg, method, warn_data)
     _resume_run(run)
     _wrap_data_parallel(run)
     _announce(run)
     run.segment_start = time.perf_counter()
-    saved = run.start_epoch - 1  # the epoch last.pt holds
     try:
         for epoch in range(run.start_epoch, run.epochs + 1):
             _run_epoch(run, epoch)
-            saved = epoch
             if not run.finished:
                 break
     except KeyboardInterrupt:
-        raise TrainingInterrupted(run.ckpt_path, saved) from None
+        _write_summary(run, "interrupted")
+        raise TrainingInterrupted(run.ckpt_path, run.saved_epoch) from None
+    except Exception:
+        with contextlib.suppress(OSError):  # a full disk must not hide the original error
+            _write_summary(run, "failed")
+        raise
     return _finish_run(run)
+
+
+def export_checkpoint(
+    path: str | os.PathLike[str], out: str | os.PathLike[str], *, force: bool = False
+) -> dict[str, Any]:
+    """Write the network's state dict of the ukd checkpoint ``path`` to ``out`` as a plain ``torch.save`` file.
+
+    Returns the checkpoint's ``arch`` (``{"name", "num_classes", "in_channels"}``).
+
+    Raises:
+        CheckpointError: ``path`` is unreadable or holds no model; ``out`` exists and not ``force``.
+    """
+    _, ckpt = load_model(path)  # checks the digest and that the weights fit their architecture
+    out = Path(out)
+    if out.exists() and not force:
+        raise CheckpointError(f"export: {out} exists; choose another name or pass --force")
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in ckpt["model"].items()}, buffer)
+    atomic_write_bytes(out, buffer.getbuffer())
+    return dict(ckpt["arch"])
 
 
 def evaluate_checkpoint(
