@@ -289,6 +289,9 @@ def _run(args: argparse.Namespace) -> int:
             f"done: test top-1 {f.get('test_top1', float('nan')):.2f}%  top-5 {f.get('test_top5', float('nan')):.2f}%"
             f"  ({result.wall_time:.0f}s) -> {result.output_dir}"
         )
+        best = result.final.get("best")
+        if best:
+            print(f"best.pt: epoch {best['epoch']}, validation top-1 {best['val_top1']:.2f}%")
     return 0
 
 

@@ -236,6 +236,10 @@ def test_resume_with_a_changed_fusion(teacher_run: Path, tmp_path: Path, capsys:
     base = ["distill", "--method", "ukd", "-t", str(teacher_run / "last.pt"), "-o", str(out), *TINY_ARGS]
     assert main([*base, "--epochs", "1"]) == 0
     capsys.readouterr()
+    from ukd.train.tensorboard import read_scalars
+
+    logged = read_scalars(out / "tensorboard")  # the UKD components beside the totals
+    assert {"train/ukd", "train/ukd_dist", "train/ukd_supp", "train/dkd", "lr"} <= set(logged), sorted(logged)
     assert main([*base, "--epochs", "2", "--resume", "--set", "distill.ukd.fusion=pool"]) == 2
     err = _one_line_error(capsys, "distill")
     assert "cannot resume" in err and "distill.ukd.fusion: 'abf' -> 'pool'" in err
@@ -275,3 +279,57 @@ def test_export_writes_a_plain_state_dict(teacher_run: Path, tmp_path: Path, cap
     assert torch.equal(model.state_dict()["fc.weight"], saved["fc.weight"])
     assert main(["export", str(teacher_run / "last.pt"), str(out)]) == 2
     assert "exists" in _one_line_error(capsys, "export")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# best.pt on a validation split; TensorBoard.
+# ---------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def val_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("val")
+    assert _train(out, "--set", "data.val_size=16", epochs=3) == 0
+    return out
+
+
+def test_best_pt_is_the_epoch_with_the_best_validation_top1(val_run: Path) -> None:
+    records = read_metrics(val_run / "metrics.jsonl")
+    assert all(r["val_top1"] is not None and r["test_top1"] is not None for r in records)
+    first_best = max(range(len(records)), key=lambda i: (records[i]["val_top1"], -i))  # the earliest of ties
+    best = torch.load(val_run / "best.pt", weights_only=True)
+    assert best["epoch"] == records[first_best]["epoch"] and best["kind"] == "best"
+    assert best["metrics"]["val_top1"] == records[first_best]["val_top1"]
+    model = build("resnet8", num_classes=10, in_channels=1, weights=val_run / "best.pt")
+    assert torch.equal(model.state_dict()["fc.weight"], best["model"]["fc.weight"])
+    summary = json.loads((val_run / "summary.json").read_text())
+    assert summary["best"] == {"epoch": best["epoch"], "val_top1": best["metrics"]["val_top1"]}
+    assert summary["data"]["train_size"] == 48 - 16 and summary["data"]["val_size"] == 16
+
+
+def test_validation_is_held_out_of_the_training_images() -> None:
+    from ukd.data.dataset import TensorImageDataset
+    from ukd.data.loaders import split_validation
+
+    images = torch.arange(40, dtype=torch.uint8).reshape(40, 1, 1, 1).expand(40, 1, 2, 2).contiguous()
+    labels = torch.arange(40) % 4
+    rest, val = split_validation(TensorImageDataset(images, labels), 0.25, seed=3, eval_transform=None)
+    ids_rest, ids_val = set(rest.images[:, 0, 0, 0].tolist()), set(val.images[:, 0, 0, 0].tolist())
+    assert len(ids_val) == 10 and len(ids_rest) == 30 and not ids_rest & ids_val  # disjoint, all kept
+    assert torch.bincount(val.labels, minlength=4).tolist() == [3, 3, 2, 2]  # class-balanced
+    with pytest.raises(ValueError, match="leaving none to train on"):
+        split_validation(TensorImageDataset(images, labels), 40, seed=3, eval_transform=None)
+
+
+def test_tensorboard_has_every_scalar_of_metrics_jsonl(val_run: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from ukd.train.tensorboard import record_tag
+
+    acc = EventAccumulator(str(val_run / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for record in read_metrics(val_run / "metrics.jsonl"):
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                (event,) = [e for e in acc.Scalars(record_tag(key)) if e.step == record["epoch"]]
+                assert event.value == pytest.approx(value, rel=1e-6, abs=1e-6), key
+    assert {"lr", "train/loss", "val/top1", "test/top1"} <= tags

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import DataLoader, RandomSampler, Sampler
@@ -30,7 +30,18 @@ from .imagefolder import load_image_folder
 from .seeding import rank_seed, seed_worker
 from .transforms import DATASET_STATS, eval_transform, train_transform
 
-__all__ = ["DATASET_NAMES", "ShardSampler", "balanced_subset", "build_datasets", "build_loaders", "seed_worker"]
+__all__ = [
+    "DATASET_NAMES",
+    "ShardSampler",
+    "balanced_subset",
+    "build_datasets",
+    "LoaderSet",
+    "build_loader_set",
+    "build_loaders",
+    "seed_worker",
+    "split_validation",
+    "validation_count",
+]
 
 PathLike = str | os.PathLike[str]
 
@@ -79,6 +90,50 @@ def _subset(dataset: TensorImageDataset, size: int | None, seed: int, stream_see
     return TensorImageDataset(
         dataset.images[idx], dataset.labels[idx], dataset.transform, dataset.classes, seed=stream_seed
     )
+
+
+def validation_count(val_size: int | float, train_size: int) -> int:
+    """The number of images ``val_size`` holds out of ``train_size``: an int is a count, a float in (0, 1) a fraction
+    (rounded, at least 1).
+
+    Raises:
+        ValueError: ``val_size`` is not a positive int or a float in (0, 1), or leaves no training image.
+    """
+    if isinstance(val_size, bool) or not isinstance(val_size, (int, float)):
+        raise ValueError(f"val_size: expected an image count or a fraction in (0, 1), got {val_size!r}")
+    if isinstance(val_size, float):
+        if not 0 < val_size < 1:
+            raise ValueError(f"val_size: expected a fraction in (0, 1) (or an int count), got {val_size!r}")
+        n = max(1, round(val_size * train_size))
+    else:
+        if val_size < 1:
+            raise ValueError(f"val_size: expected a positive image count or a fraction in (0, 1), got {val_size!r}")
+        n = val_size
+    if n >= train_size:
+        raise ValueError(
+            f"val_size: {val_size!r} holds out {n} of {train_size} training images, leaving none to train on"
+        )
+    return n
+
+
+def split_validation(
+    train_set: TensorImageDataset, val_size: int | float, seed: int, eval_transform: object
+) -> tuple[TensorImageDataset, TensorImageDataset]:
+    """Hold a class-balanced validation set out of ``train_set``: ``(the rest, validation set)``, disjoint.
+
+    The validation images are drawn with :func:`balanced_subset` (``seed``) and get ``eval_transform`` (no
+    augmentation); the rest keeps the training transform and its augmentation stream.
+    """
+    n = validation_count(val_size, len(train_set))
+    val_idx = balanced_subset(train_set.labels, n, seed)
+    keep = torch.ones(len(train_set), dtype=torch.bool)
+    keep[val_idx] = False
+    rest = TensorImageDataset(
+        train_set.images[keep], train_set.labels[keep], train_set.transform, train_set.classes, seed=None
+    )
+    rest.generator = train_set.generator
+    val = TensorImageDataset(train_set.images[val_idx], train_set.labels[val_idx], eval_transform, train_set.classes)
+    return rest, val
 
 
 def _imagefolder_split_dir(root: Path, names: tuple[str, ...]) -> Path | None:
@@ -191,7 +246,22 @@ def _resolve_replicas(distributed: bool, num_replicas: int | None, rank: int | N
     return num_replicas, rank
 
 
-def build_loaders(
+class LoaderSet(NamedTuple):
+    """The loaders of :func:`build_loader_set`: training, test, the data set's info, and validation (or None)."""
+
+    train: DataLoader
+    test: DataLoader
+    info: dict[str, Any]
+    val: DataLoader | None
+
+
+def build_loaders(*args: Any, **kwargs: Any) -> tuple[DataLoader, DataLoader, dict[str, Any]]:
+    """``(train_loader, test_loader, info)``: :func:`build_loader_set` with the same arguments, without validation."""
+    loaders = build_loader_set(*args, **kwargs)
+    return loaders.train, loaders.test, loaders.info
+
+
+def build_loader_set(
     name: str,
     data_dir: PathLike | None = None,
     batch_size: int = 64,
@@ -214,8 +284,9 @@ def build_loaders(
     subset_seed: int = 0,
     exact_test_shards: bool = False,
     test_seed: int | None = None,
-) -> tuple[DataLoader, DataLoader, dict[str, Any]]:
-    """Build the training and test DataLoaders of a data set.
+    val_size: int | float | None = None,
+) -> LoaderSet:
+    """Build the training, test and (optionally) validation DataLoaders of a data set.
 
     Args:
         name: ``"fashion_mnist"``, ``"cifar10"``, ``"cifar100"`` or ``"imagefolder"``.
@@ -240,13 +311,17 @@ def build_loaders(
             summed over the ranks are exact.
         test_seed: seed of the test loader's own generator (it draws the test workers' seeds); None: the test
             loader shares the training loader's generator, so iterating it moves the training stream on.
+        val_size: hold a class-balanced validation set out of the training images (after ``train_subset``): an int
+            count or a float fraction (:func:`validation_count`), drawn with ``subset_seed + 2``, not augmented,
+            sharded like the test set; None: no validation set.
 
     Returns:
-        ``(train_loader, test_loader, info)``. Batches are ``(images, labels)``: ``float32 (B, C, H, W)`` normalised
-        and ``int64 (B,)``. ``info`` has ``name``, ``num_classes``, ``in_channels``, ``image_size`` ``(H, W)``,
-        ``source`` (``"debian"``, ``"embedded"`` or ``"data_dir"``), ``data_dir``, ``classes``, ``mean``, ``std``,
-        ``train_size``, ``test_size`` (after subsetting), ``distributed``, ``rank``, ``num_replicas``. The training
-        loader's ``generator`` orders the training set (single process) and draws its workers' seeds.
+        :class:`LoaderSet` ``(train, test, info, val)``. Batches are ``(images, labels)``: ``float32 (B, C, H, W)``
+        normalised and ``int64 (B,)``. ``info`` has ``name``, ``num_classes``, ``in_channels``, ``image_size``
+        ``(H, W)``, ``source`` (``"debian"``, ``"embedded"`` or ``"data_dir"``), ``data_dir``, ``classes``, ``mean``,
+        ``std``, ``train_size``, ``test_size``, ``val_size`` (after subsetting and the split), ``distributed``,
+        ``rank``, ``num_replicas``. The training loader's ``generator`` orders the training set (single process) and
+        draws its workers' seeds.
     """
     if batch_size < 1 or num_workers < 0:
         raise ValueError(f"need batch_size >= 1 and num_workers >= 0, got {batch_size} and {num_workers}")
@@ -258,7 +333,10 @@ def build_loaders(
     )
     train_set = _subset(train_set, train_subset, subset_seed, stream_seed)
     test_set = _subset(test_set, test_subset, subset_seed + 1, None)
-    info.update(train_size=len(train_set), test_size=len(test_set))
+    val_set = None
+    if val_size is not None:
+        train_set, val_set = split_validation(train_set, val_size, subset_seed + 2, test_set.transform)
+    info.update(train_size=len(train_set), test_size=len(test_set), val_size=len(val_set) if val_set else 0)
 
     generator = torch.Generator()
     generator.manual_seed(stream_seed)
@@ -291,5 +369,20 @@ def build_loaders(
         generator=test_generator,
         **common,
     )
+    val_loader = None
+    if val_set is not None:
+        val_sampler: Sampler[int] | None = None
+        if exact_test_shards:
+            val_sampler = ShardSampler(len(val_set), rank, num_replicas)
+        elif distributed:
+            val_sampler = DistributedSampler(val_set, num_replicas=num_replicas, rank=rank, shuffle=False)
+        val_loader = DataLoader(
+            val_set,
+            batch_size=eval_batch_size or batch_size,
+            sampler=val_sampler,
+            shuffle=False,
+            generator=test_generator,
+            **common,
+        )
     info.update(distributed=distributed, rank=rank, num_replicas=num_replicas)
-    return train_loader, test_loader, info
+    return LoaderSet(train_loader, test_loader, info, val_loader)

@@ -56,6 +56,7 @@ DEFAULTS: Config = {
         "augment": True,  # random crop + horizontal flip
         "train_subset": None,  # int: train on a class-balanced random subset of this many images
         "test_subset": None,  # int: evaluate on a class-balanced random subset of this many images
+        "val_size": None,  # int count or fraction in (0, 1) of the training images held out to choose best.pt
         "subset_seed": 0,  # the subsets do not depend on the run's seed, so all runs see the same images
     },
     "model": {
@@ -87,6 +88,7 @@ DEFAULTS: Config = {
         "stop_after": None,  # int: stop (resumably) after this epoch, as if the run had been killed
         "eval_every": 1,  # evaluate on the test set every n epochs (and always after the last)
         "plot": True,
+        "tensorboard": True,  # event files in <output_dir>/tensorboard (every metrics.jsonl scalar)
         "save_rank_weights": False,  # every rank writes its final weights (checks data-parallel replicas)
     },
     "demo": {
@@ -104,6 +106,7 @@ _FREE_KEYS = {
     "teacher.weights",
     "data.train_subset",
     "data.test_subset",
+    "data.val_size",
     "run.threads",
     "run.stop_after",
 }
@@ -311,6 +314,14 @@ def validate(cfg: Config) -> None:
         positive_int(key)
     for key in ("data.train_subset", "data.test_subset", "run.threads", "run.stop_after"):
         positive_int(key, allow_none=True)
+    val_size = cfg["data"]["val_size"]
+    if val_size is not None:
+        from ukd.data.loaders import validation_count
+
+        try:
+            validation_count(val_size, 2**62)  # the type and range; the count against the data set when it loads
+        except ValueError as exc:
+            raise ConfigError(f"data.{exc}") from None
     if cfg["data"]["num_workers"] < 0:
         raise ConfigError(f"data.num_workers: expected an integer >= 0, got {cfg['data']['num_workers']}")
     if cfg["optim"]["lr"] <= 0:

@@ -17,8 +17,10 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from ukd.data import ShardSampler, balanced_subset, build_loaders, rank_seed
+from ukd.data import ShardSampler, balanced_subset, rank_seed
+from ukd.data.loaders import build_loader_set
 
+from .config import ConfigError
 from .distributed import DistEnv
 
 __all__ = ["Loaders", "ShardSampler", "balanced_subset", "build_train_loaders", "load_loader_state", "loader_state"]
@@ -36,6 +38,7 @@ class Loaders:
     test: DataLoader
     info: dict[str, Any]
     train_generator: torch.Generator
+    val: DataLoader | None = None  # held out of the training images (data.val_size); None: no validation
 
     def set_epoch(self, epoch: int) -> None:
         """Reshuffle a distributed sampler for ``epoch`` (the single-process sampler needs nothing)."""
@@ -56,29 +59,35 @@ def build_train_loaders(data_cfg: dict[str, Any], seed: int, env: DistEnv, *, wa
     Returns:
         :class:`Loaders`; ``info`` is the data set's info plus ``train_size``/``test_size`` after subsetting.
     """
-    train, test, info = build_loaders(
-        data_cfg["name"],
-        data_cfg["data_dir"],
-        batch_size=data_cfg["batch_size"],
-        num_workers=data_cfg["num_workers"],
-        seed=seed,
-        distributed=env.distributed,
-        eval_batch_size=data_cfg["eval_batch_size"],
-        augment=data_cfg["augment"],
-        pin_memory=env.device.type == "cuda",
-        num_replicas=env.world_size,
-        rank=env.rank,
-        warn=warn,
-        train_subset=data_cfg["train_subset"],
-        test_subset=data_cfg["test_subset"],
-        subset_seed=data_cfg["subset_seed"],
-        exact_test_shards=True,
-        # The test loader has its own generator, so that evaluating does not move the training stream on.
-        test_seed=rank_seed(seed, env.rank) + 1,
-    )
+    try:
+        train, test, info, val = build_loader_set(
+            data_cfg["name"],
+            data_cfg["data_dir"],
+            batch_size=data_cfg["batch_size"],
+            num_workers=data_cfg["num_workers"],
+            seed=seed,
+            distributed=env.distributed,
+            eval_batch_size=data_cfg["eval_batch_size"],
+            augment=data_cfg["augment"],
+            pin_memory=env.device.type == "cuda",
+            num_replicas=env.world_size,
+            rank=env.rank,
+            warn=warn,
+            train_subset=data_cfg["train_subset"],
+            test_subset=data_cfg["test_subset"],
+            subset_seed=data_cfg["subset_seed"],
+            exact_test_shards=True,
+            # The test loader has its own generator, so that evaluating does not move the training stream on.
+            test_seed=rank_seed(seed, env.rank) + 1,
+            val_size=data_cfg["val_size"],
+        )
+    except ValueError as exc:
+        if str(exc).startswith("val_size:"):
+            raise ConfigError(f"data.{exc}") from None
+        raise
     info = {k: v for k, v in info.items() if k not in _PROCESS_INFO}
     assert train.generator is not None  # build_loaders always gives the training loader its generator
-    return Loaders(train, test, info, train.generator)
+    return Loaders(train, test, info, train.generator, val)
 
 
 def loader_state(loaders: Loaders) -> dict[str, Any]:

@@ -64,6 +64,7 @@ from .checkpoint import (
 from .config import DEFAULTS, ConfigError, load_config, merge
 from .data import Loaders, build_train_loaders, load_loader_state, loader_state
 from .metrics import plot_curves, read_metrics, topk_correct, truncate_metrics, write_metrics
+from .tensorboard import TensorBoardLog
 
 __all__ = [
     "BEST_NAME",
@@ -417,6 +418,7 @@ class Run:
         saved_epoch: the epoch ``last.pt`` holds (0: nothing of this run saved yet).
         replace_old: the directory holds a previous run's files, to be replaced at this run's first save.
         best: ``{"epoch", "val_top1"}`` of ``best.pt`` (None: no validation split, or no epoch yet).
+        tensorboard: the event-file writer of ``<output_dir>/tensorboard`` (rank 0; opened at the first save).
         elapsed: training seconds of the earlier segments of a resumed run.
         segment_start: ``time.perf_counter()`` when this segment's epochs began.
         records: the per-epoch metrics (on rank 0; those of earlier segments included).
@@ -441,6 +443,7 @@ class Run:
     saved_epoch: int = 0
     replace_old: bool = False
     best: dict[str, Any] | None = None
+    tensorboard: TensorBoardLog | None = None
     elapsed: float = 0.0
     segment_start: float = 0.0
     records: list[dict[str, Any]] = field(default_factory=list)
@@ -608,7 +611,9 @@ def _announce(run: Run) -> None:
     run.say(
         f"[{run.method}] {cfg['model']['name']} ({n_params / 1e6:.2f}M params)"
         + (f" <- teacher {run.teacher_info['name']}" if run.teacher_info else "")
-        + f" | {info['name']} ({info['source']}): {info['train_size']} train / {info['test_size']} test"
+        + f" | {info['name']} ({info['source']}): {info['train_size']} train"
+        + (f" / {info['val_size']} val" if info.get("val_size") else "")
+        + f" / {info['test_size']} test"
         + f" | {ocfg['epochs']} epochs, batch {cfg['data']['batch_size']}x{env.world_size}, lr {ocfg['lr']}"
         + f" | {env.device}, {run.threads} thread(s) x {env.world_size} process(es) -> {run.out}"
     )
@@ -696,11 +701,18 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, Any]:
 
 
 def _evaluate_epoch(run: Run, epoch: int) -> dict[str, float | None]:
-    """The test metrics of ``epoch``: evaluated every ``run.eval_every`` epochs and at the last one, else None."""
+    """The validation metrics of ``epoch`` (``val_*``, every epoch, when there is a validation split) and its test
+    metrics (``test_*``: every ``run.eval_every`` epochs and at the last one, else None)."""
+    record: dict[str, float | None] = {}
+    if run.loaders.val is not None:
+        val = evaluate(run.model, run.loaders.val, run.env.device, run.channels_last)
+        record.update({k.replace("test_", "val_", 1): v for k, v in val.items()})
     if epoch % run.cfg["run"]["eval_every"] == 0 or epoch == run.epochs:
         run.last_eval = evaluate(run.model, run.loaders.test, run.env.device, run.channels_last)
-        return dict(run.last_eval)
-    return {"test_loss": None, "test_top1": None, "test_top5": None}
+        record.update(run.last_eval)
+    else:
+        record.update({"test_loss": None, "test_top1": None, "test_top5": None})
+    return record
 
 
 def _checkpoint_state(run: Run, epoch: int, record: dict[str, Any], rank_states: list[Any]) -> dict[str, Any]:
@@ -724,6 +736,7 @@ def _checkpoint_state(run: Run, epoch: int, record: dict[str, Any], rank_states:
         "scheduler": run.scheduler.state_dict(),
         "rank_states": rank_states,
         "metrics": record,
+        "best": run.best,
         "config": copy.deepcopy(run.cfg),
         "data_info": {k: v for k, v in info.items() if k != "classes"},
     }
@@ -743,8 +756,44 @@ def _save_epoch(run: Run, epoch: int, record: dict[str, Any]) -> None:
             _replace_old_run(run)
         else:
             write_metrics(run.metrics_path, record)
+        _save_best(run, epoch, record)
+        if run.tensorboard is None:
+            run.tensorboard = TensorBoardLog(
+                run.out / "tensorboard", enabled=run.cfg["run"]["tensorboard"], purge_step=epoch
+            )
+        run.tensorboard.add_record(record, step=epoch)
+        run.tensorboard.flush()
     run.saved_epoch = epoch
     dist_utils.barrier()
+
+
+def _save_best(run: Run, epoch: int, record: dict[str, Any]) -> None:
+    """Write ``best.pt`` when this epoch's validation top-1 beats every earlier one (ties keep the earlier epoch)."""
+    val_top1 = record.get("val_top1")
+    if val_top1 is None or (run.best is not None and val_top1 <= run.best["val_top1"]):
+        return
+    run.best = {"epoch": epoch, "val_top1": val_top1}
+    info = run.info
+    save_checkpoint(
+        run.out / BEST_NAME,
+        {
+            "format": "ukd-checkpoint",
+            "version": FORMAT_VERSION,
+            "kind": "best",
+            "method": run.method,
+            "epoch": epoch,
+            "model": run.model.state_dict(),
+            "arch": {
+                "name": run.cfg["model"]["name"],
+                "num_classes": info["num_classes"],
+                "in_channels": info["in_channels"],
+            },
+            "extra": run.distiller.extra_state(),
+            "metrics": record,
+            "config": copy.deepcopy(run.cfg),
+            "data_info": {k: v for k, v in info.items() if k != "classes"},
+        },
+    )
 
 
 def _report_epoch(run: Run, epoch: int, record: dict[str, Any]) -> None:
@@ -754,9 +803,10 @@ def _report_epoch(run: Run, epoch: int, record: dict[str, Any]) -> None:
         if record["test_top1"] is not None
         else ""
     )
+    val_txt = f"  val {record['val_top1']:6.2f}%" if record.get("val_top1") is not None else ""
     run.say(
         f"[{run.method}] epoch {epoch:3d}/{run.epochs}  loss {record['train_loss']:.4f}  "
-        f"train {record['train_top1']:6.2f}%{test_txt}  lr {record['lr']:.4g}  {record['epoch_time']:.1f}s"
+        f"train {record['train_top1']:6.2f}%{val_txt}{test_txt}  lr {record['lr']:.4g}  {record['epoch_time']:.1f}s"
     )
 
 
@@ -774,6 +824,12 @@ def _run_epoch(run: Run, epoch: int) -> None:
     if stop_after is not None and epoch >= stop_after and epoch < run.epochs:
         run.finished = False
         run.say(f"[{run.method}] stopped after epoch {epoch} (run.stop_after); continue with --resume")
+
+
+def _close_tensorboard(run: Run) -> None:
+    if run.tensorboard is not None:
+        run.tensorboard.close()
+        run.tensorboard = None
 
 
 def _write_summary(run: Run, status: str, final: dict[str, Any] | None = None) -> None:
@@ -822,6 +878,7 @@ def _finish_run(run: Run) -> RunResult:
     records = run.records
     final = dict(records[-1]) if records else {}
     final.update(run.last_eval)
+    final["best"] = run.best
     if cfg["run"]["save_rank_weights"]:
         trained = {k: v for k, v in run.distiller.state_dict().items() if not k.startswith("teacher.")}
         torch.save({k: v.detach().cpu() for k, v in trained.items()}, out / f"weights_rank{env.rank}.pt")
@@ -858,12 +915,15 @@ def train(cfg: dict[str, Any], *, method: str | None = None, warn_data: bool = T
             if not run.finished:
                 break
     except KeyboardInterrupt:
+        _close_tensorboard(run)
         _write_summary(run, "interrupted")
         raise TrainingInterrupted(run.ckpt_path, run.saved_epoch) from None
     except Exception:
         with contextlib.suppress(OSError):  # a full disk must not hide the original error
+            _close_tensorboard(run)
             _write_summary(run, "failed")
         raise
+    _close_tensorboard(run)
     return _finish_run(run)
 
 
