@@ -154,7 +154,7 @@ def test_command_lines_are_found_in_chains_comments_and_torchrun() -> None:
         CommandLine(12, "torchrun -n 2 -m ukd evaluate a.pt", ["evaluate", "a.pt"]),
     ]
     with pytest.raises(SystemExit):  # and a command that does not parse fails the parse test
-        build_parser().parse_args(["distill", "--method", "fitnet"])
+        build_parser().parse_args(["distill", "--method", "hint9"])
 
 
 def _first_steps() -> list[CommandLine]:
