@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ukd.distillers import DISTILLERS, DKD, KD, Vanilla, build_distiller, needs_teacher
-from ukd.distillers.settings import DistillSettings, DKDSettings, KDSettings
+from ukd.distillers.settings import SECTIONS, DistillSettings, DKDSettings, KDSettings
 from ukd.losses import dkd_loss, dkd_warmup, kd_loss
 from ukd.models import build
 from ukd.train.config import DEFAULTS, METHODS
@@ -26,7 +26,8 @@ def nets() -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor, torch.Tensor
 
 def test_registry_matches_the_config_methods() -> None:
     assert tuple(DISTILLERS) == METHODS
-    for section in ("kd", "dkd", "ukd"):  # the settings objects are built from exactly the config's keys
+    assert {"fitnet", "fitnet_kd", "reviewkd"} <= set(METHODS)
+    for section in SECTIONS:  # the settings objects are built from exactly the config's keys
         assert sorted(DistillSettings.section_keys(section)) == sorted(DEFAULTS["distill"][section])
     assert not needs_teacher("ce") and all(needs_teacher(m) for m in METHODS if m != "ce")
 
@@ -88,7 +89,8 @@ def test_errors_name_the_problem() -> None:
         build_distiller("kd", student, None, DistillSettings(), K)
     with pytest.raises(ValueError, match="method 'ukd' needs a teacher"):
         build_distiller("ukd", student, None, DistillSettings(), K)
-    with pytest.raises(ValueError, match="method: expected one of ce, kd, dkd, ukd, got 'fitnet'"):
-        build_distiller("fitnet", student, teacher, DistillSettings(), K)
+    valid = ", ".join(DISTILLERS)
+    with pytest.raises(ValueError, match=f"method: expected one of {valid}, got 'no_such_method'"):
+        build_distiller("no_such_method", student, teacher, DistillSettings(), K)
     with pytest.raises(ValueError, match="training mode needs target"):
         build_distiller("kd", student, teacher, DistillSettings(), K)(x)

@@ -8,14 +8,24 @@
     sum(losses.values()).backward()
     optimizer = torch.optim.SGD(distiller.get_learnable_parameters(), lr=0.05, momentum=0.9)
 
-=======  ================  ============================================================================
-method   class             losses
-=======  ================  ============================================================================
-``ce``   :class:`Vanilla`  ``loss_ce``
-``kd``   :class:`KD`       ``loss_ce``, ``loss_kd``
-``dkd``  :class:`DKD`      ``loss_ce``, ``loss_dkd``
-``ukd``  :class:`UKD`      ``loss_ce``, ``loss_dkd`` or ``loss_kd`` (``ukd.logit``), ``loss_ukd``
-=======  ================  ============================================================================
+=============  ==================  ====================================================  ========================
+method         class               losses                                                coherence groups
+=============  ==================  ====================================================  ========================
+``ce``         :class:`Vanilla`    ``loss_ce``                                           none
+``kd``         :class:`KD`         ``loss_ce``, ``loss_kd``                              none
+``dkd``        :class:`DKD`        ``loss_ce``, ``loss_dkd``                             none
+``ukd``        :class:`UKD`        ``loss_ce``, ``loss_dkd`` or ``loss_kd``              feature ``loss_ukd``,
+                                   (``ukd.logit``), ``loss_ukd``                         logit ``loss_dkd``/``kd``
+``fitnet``     :class:`FitNet`     ``loss_ce``, ``loss_fitnet``                          none
+``fitnet_kd``  :class:`FitNetKD`   ``loss_ce``, ``loss_fitnet``, ``loss_kd``             feature ``loss_fitnet``,
+                                                                                         logit ``loss_kd``
+``reviewkd``   :class:`ReviewKD`   ``loss_ce``, ``loss_reviewkd``                        none
+=============  ==================  ====================================================  ========================
+
+The coherence groups are what :meth:`Distiller.coherence_groups` returns: the feature-side and logit-side entries
+of ``losses`` (undetached) for methods with two distillation terms. ``fitnet``, ``fitnet_kd`` and ``reviewkd`` are
+mdistiller's baselines (``docs/baselines.md``); their trainable extras (the hint regressor, the ABF chain) are in
+:meth:`Distiller.extras`, so the trainer optimises, checkpoints and restores them.
 """
 
 from __future__ import annotations
@@ -23,7 +33,9 @@ from __future__ import annotations
 from torch import nn
 
 from .base import Distiller, TrainOutput
+from .feature import FitNet, FitNetKD
 from .logit import DKD, KD, Vanilla
+from .review import ReviewKD
 from .settings import DistillSettings
 from .unified import UKD
 
@@ -34,6 +46,9 @@ __all__ = [
     "UKD",
     "Distiller",
     "DistillSettings",
+    "FitNet",
+    "FitNetKD",
+    "ReviewKD",
     "TrainOutput",
     "Vanilla",
     "build_distiller",
@@ -41,7 +56,15 @@ __all__ = [
 ]
 
 #: The distiller class of each method name (``distill.method``).
-DISTILLERS: dict[str, type[Distiller]] = {"ce": Vanilla, "kd": KD, "dkd": DKD, "ukd": UKD}
+DISTILLERS: dict[str, type[Distiller]] = {
+    "ce": Vanilla,
+    "kd": KD,
+    "dkd": DKD,
+    "ukd": UKD,
+    "fitnet": FitNet,
+    "fitnet_kd": FitNetKD,
+    "reviewkd": ReviewKD,
+}
 
 
 def needs_teacher(method: str) -> bool:

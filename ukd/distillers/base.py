@@ -41,6 +41,9 @@ class Distiller(nn.Module):
         student, teacher: the two networks.
         last_terms: detached values the last ``forward_train`` computed for logging beside ``losses`` (for example
             the unweighted UKD components); empty for most methods.
+
+    The undetached terms are the entries of ``forward_train``'s ``losses``; :meth:`coherence_groups` says which of
+    them are the objective's feature side and which its logit side.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None) -> None:
@@ -58,6 +61,17 @@ class Distiller(nn.Module):
         if self.teacher is not None:
             self.teacher.eval()
         return self
+
+    def coherence_groups(self) -> dict[str, tuple[str, ...]] | None:
+        """The two sides of the distillation objective, for a gradient-coherence measurement, or ``None``.
+
+        ``{"feature": (names...), "logit": (names...)}``, each name a key of the ``losses`` dict ``forward_train``
+        returns (e.g. ``"loss_fitnet"``), whose undetached value carries the graph: the feature-side terms (losses on
+        feature maps) and the logit-side terms (losses on the logits beside CE, which belongs to neither side).
+        ``None`` (the default) for methods with fewer than two distillation terms (``ce``, ``kd``, ``dkd``,
+        ``fitnet``, ``reviewkd``); ``fitnet_kd`` and ``ukd`` (unless ``ukd.logit`` is ``"none"``) override it.
+        """
+        return None
 
     def extras(self) -> dict[str, nn.Module]:
         """The method's trainable modules besides the student, by the name they are checkpointed under."""

@@ -22,7 +22,9 @@ __all__ = [
     "SECTIONS",
     "DKDSettings",
     "DistillSettings",
+    "FitNetSettings",
     "KDSettings",
+    "ReviewKDSettings",
     "SettingsError",
     "UKDSettings",
 ]
@@ -40,11 +42,14 @@ def _choice(default: str, choices: tuple[str, ...]) -> Any:
 
 @dataclass(frozen=True)
 class _Section:
-    """Shared checks of a method section; subclasses list their rules in ``_positive`` and ``_non_negative``."""
+    """Shared checks of a method section; subclasses list their rules in ``_positive``, ``_non_negative`` and
+    ``_positive_int``. Every field whose default is a bool must be a bool; string fields made with :func:`_choice`
+    must be one of their choices."""
 
     section: ClassVar[str] = ""
     _positive: ClassVar[tuple[str, ...]] = ()  # finite numbers > 0
     _non_negative: ClassVar[tuple[str, ...]] = ()  # numbers >= 0
+    _positive_int: ClassVar[tuple[str, ...]] = ()  # ints >= 1
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -52,6 +57,12 @@ class _Section:
             choices = f.metadata.get("choices")
             if choices is not None and value not in choices:
                 self._fail(f.name, f"expected one of {', '.join(choices)}, got {value!r}")
+            if isinstance(f.default, bool) and not isinstance(value, bool):
+                self._fail(f.name, f"expected true or false, got {value!r}")
+        for name in self._positive_int:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                self._fail(name, f"expected an int >= 1, got {value!r}")
         for name in self._positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
@@ -149,8 +160,69 @@ class UKDSettings(_Section):
         )
 
 
+@dataclass(frozen=True)
+class FitNetSettings(_Section):
+    """FitNet's hint (``fitnet`` and ``fitnet_kd``): ``weight · MSE(regressor(F_s[hint_layer]), F_t[hint_layer])``.
+
+    Defaults are mdistiller's (``mdistiller/engine/cfg.py``, ``CFG.FITNET``; ``configs/cifar100/fitnet.yaml``
+    overrides none of them). mdistiller's ``FITNET.LOSS.CE_WEIGHT`` (1.0) is the run's ``distill.ce_weight``.
+
+    Attributes:
+        hint_layer: mdistiller's ``FITNET.HINT_LAYER`` (2), an index into mdistiller's ``feats`` list: 1 is the
+            first stage map (:attr:`ukd.models.ModelOutputs.stages` ``[0]``), 2 the second, and so on, for the student
+            and the teacher alike. mdistiller's 0, the stem's output, is not among the zoo's outputs, so 0 is refused.
+        weight: ``FITNET.LOSS.FEAT_WEIGHT`` (100).
+        input_size: ``FITNET.INPUT_SIZE`` (32, as a square ``32 × 32``): the side of the probe image whose stage
+            shapes size the regressor (which convolution maps the student's hint to the teacher's spatial size).
+            Images of another size work when the student/teacher size relation is the same (28 × 28 Fashion-MNIST
+            with the default 32); a mismatch is reported at the first batch.
+    """
+
+    section: ClassVar[str] = "fitnet"
+    _non_negative: ClassVar[tuple[str, ...]] = ("weight",)
+    _positive_int: ClassVar[tuple[str, ...]] = ("hint_layer", "input_size")
+
+    hint_layer: int = 2
+    weight: float = 100.0
+    input_size: int = 32
+
+
+@dataclass(frozen=True)
+class ReviewKDSettings(_Section):
+    """ReviewKD (``reviewkd``): ``weight · min(epoch / warmup, 1) · HCL(ABF chain(student), teacher)``.
+
+    Defaults are mdistiller's (``mdistiller/engine/cfg.py``, ``CFG.REVIEWKD``), with the weight of its CIFAR-100
+    recipe (``configs/cifar100/reviewkd.yaml``: ``REVIEWKD_WEIGHT: 5.0``; ``cfg.py``'s default is 1.0, its ImageNet
+    configs use 1.0 and 8.0). mdistiller's ``REVIEWKD.CE_WEIGHT`` (1.0) is the run's ``distill.ce_weight``; its
+    ``SHAPES``, ``OUT_SHAPES``, ``IN_CHANNELS`` and ``OUT_CHANNELS`` are read from the networks.
+
+    Attributes:
+        weight: ``REVIEWKD_WEIGHT`` (5.0 on CIFAR-100).
+        warmup: ``WARMUP_EPOCHS`` (20): the loss is scaled by ``min(epoch / warmup, 1)``; 0 turns the warm-up off.
+        max_mid_channel: ``MAX_MID_CHANNEL`` (512): the ABF width is ``min(max_mid_channel, C_pool)`` of the student
+            (mdistiller reads this key but hard-codes 512; the two agree at the default).
+        student_preact: ``STU_PREACT`` (false): the student's stage maps before their final ReLU. The teacher's are
+            always pre-activation, as in mdistiller.
+    """
+
+    section: ClassVar[str] = "reviewkd"
+    _non_negative: ClassVar[tuple[str, ...]] = ("weight", "warmup")
+    _positive_int: ClassVar[tuple[str, ...]] = ("max_mid_channel",)
+
+    weight: float = 5.0
+    warmup: int = 20
+    max_mid_channel: int = 512
+    student_preact: bool = False
+
+
 #: The method sections of ``distill``, by key.
-SECTIONS: dict[str, type[_Section]] = {"kd": KDSettings, "dkd": DKDSettings, "ukd": UKDSettings}
+SECTIONS: dict[str, type[_Section]] = {
+    "kd": KDSettings,
+    "dkd": DKDSettings,
+    "ukd": UKDSettings,
+    "fitnet": FitNetSettings,
+    "reviewkd": ReviewKDSettings,
+}
 
 
 @dataclass(frozen=True)
@@ -161,6 +233,8 @@ class DistillSettings:
     kd: KDSettings = KDSettings()
     dkd: DKDSettings = DKDSettings()
     ukd: UKDSettings = UKDSettings()
+    fitnet: FitNetSettings = FitNetSettings()
+    reviewkd: ReviewKDSettings = ReviewKDSettings()
 
     def __post_init__(self) -> None:
         ce = self.ce_weight
@@ -196,5 +270,5 @@ class DistillSettings:
 
     @staticmethod
     def section_keys(section: str) -> list[str]:
-        """The field names of one method section's settings (``"kd"``, ``"dkd"``, ``"ukd"``)."""
+        """The field names of one method section's settings (``"kd"``, ``"dkd"``, ``"ukd"``, ``"fitnet"``, ...)."""
         return [f.name for f in fields(SECTIONS[section])]

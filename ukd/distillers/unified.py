@@ -85,6 +85,13 @@ class UKD(Distiller):
     def extras(self) -> dict[str, nn.Module]:
         return {"ukd": self.ukd}
 
+    def coherence_groups(self) -> dict[str, tuple[str, ...]] | None:
+        """``{"feature": ("loss_ukd",), "logit": ("loss_dkd",)}`` (``"loss_kd"`` with ``ukd.logit="kd"``); ``None``
+        with ``ukd.logit="none"`` (then the UKD loss is the only distillation term). ``loss_ukd`` is the dist, supp
+        (and Gaussian) terms of the UKD loss together."""
+        logit = self.settings.ukd.logit
+        return None if logit == "none" else {"feature": ("loss_ukd",), "logit": (f"loss_{logit}",)}
+
     def forward_train(self, image: Tensor, target: Tensor, epoch: int) -> TrainOutput:
         u = self.settings.ukd
         student = self.student.forward_all(image)
