@@ -505,7 +505,13 @@ def _setup_run(cfg: dict[str, Any], method: str, warn_data: bool) -> Run:
 
     model = build_model(cfg["model"]["name"], num_classes=info["num_classes"], in_channels=info["in_channels"])
     settings = DistillSettings.from_config(cfg["distill"])
-    distiller = build_distiller(method, model, teacher, settings, info["num_classes"]).to(env.device)
+    try:
+        distiller = build_distiller(method, model, teacher, settings, info["num_classes"]).to(env.device)
+    except ValueError as exc:  # a pair the method cannot distil (e.g. stage counts), before any step
+        raise ConfigError(
+            f"distill.method={method}: cannot distil {cfg['model']['name']} from "
+            f"{teacher_info.get('name') or 'no teacher'}: {exc}"
+        ) from None
     if cfg["model"]["channels_last"]:
         distiller = distiller.to(memory_format=torch.channels_last)
     params = [p for p in distiller.get_learnable_parameters() if p.requires_grad]
