@@ -333,3 +333,29 @@ def test_tensorboard_has_every_scalar_of_metrics_jsonl(val_run: Path) -> None:
                 (event,) = [e for e in acc.Scalars(record_tag(key)) if e.step == record["epoch"]]
                 assert event.value == pytest.approx(value, rel=1e-6, abs=1e-6), key
     assert {"lr", "train/loss", "val/top1", "test/top1"} <= tags
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Gradient coherence of two-sided methods (issue 16).
+# ---------------------------------------------------------------------------------------------------------------------
+def test_coherence_is_logged_and_does_not_change_training(teacher_run: Path, tmp_path: Path) -> None:
+    from ukd.train.tensorboard import read_scalars
+
+    def run(name: str, every: int) -> Path:
+        out = tmp_path / name
+        args = ["distill", "--method", "fitnet_kd", "-t", str(teacher_run / "last.pt"), "--epochs", "2", "-o", str(out)]
+        assert main([*args, *TINY_ARGS, "--set", f"run.coherence_every={every}"]) == 0
+        return out
+
+    measured, plain = run("measured", 1), run("plain", 0)
+    records = read_metrics(measured / "metrics.jsonl")
+    for r in records:
+        assert -1.0 <= r["coherence_cos_feature_logit"] <= 1.0
+        assert r["coherence_gradnorm_feature"] > 0 and r["coherence_gradnorm_logit"] > 0
+    assert "coherence_cos_feature_logit" not in read_metrics(plain / "metrics.jsonl")[0]
+    steps = [s for s, _ in read_scalars(measured / "tensorboard" / "steps")["coherence/cos_feature_logit"]]
+    assert steps == list(range(6))  # 48 images / batch 16 = 3 steps per epoch, every step measured
+    assert (measured / "coherence.png").read_bytes()[:4] == b"\x89PNG"
+    a = torch.load(measured / "last.pt", weights_only=True)["model"]
+    b = torch.load(plain / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # measuring touches no gradient

@@ -18,13 +18,14 @@ steps, not every step. In a distributed run each rank measures its own batch's g
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CoherenceResult", "gradient_coherence"]
+__all__ = ["CoherenceResult", "gradient_coherence", "plot_coherence"]
 
 
 class CoherenceResult(NamedTuple):
@@ -146,3 +147,39 @@ def gradient_coherence(
     norm_a, norm_b = math.sqrt(sq_a), math.sqrt(sq_b)
     cos = math.nan if norm_a == 0.0 or norm_b == 0.0 else max(-1.0, min(1.0, dot / (norm_a * norm_b)))
     return CoherenceResult((sides[0][0], sides[1][0]), cos, (norm_a, norm_b))
+
+
+def plot_coherence(records: Sequence[Mapping[str, Any]], path: str | os.PathLike[str], title: str) -> bool:
+    """Plot the per-epoch coherence of a run's ``metrics.jsonl`` records to ``path`` (PNG); False if none logged.
+
+    Left: the mean cosine of the two sides' gradients against the epoch (0: orthogonal, < 0: the sides pull apart);
+    right: each side's mean gradient norm (log scale).
+    """
+    cos_keys = sorted({k for r in records for k in r if k.startswith("coherence_cos_")})
+    if not cos_keys:
+        return False
+    from matplotlib.ticker import MaxNLocator
+
+    from .metrics import _pyplot
+
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key in cos_keys:
+        points = [(r["epoch"], r[key]) for r in records if r.get(key) is not None]
+        left.plot(*zip(*points), marker="o", label=key.removeprefix("coherence_cos_").replace("_", " vs "))
+    left.axhline(0.0, color="grey", lw=0.8)
+    left.set(xlabel="epoch", ylabel="cosine of the gradients", title="coherence")
+    left.legend()
+    for key in sorted({k for r in records for k in r if k.startswith("coherence_gradnorm_")}):
+        points = [(r["epoch"], r[key]) for r in records if r.get(key)]
+        if points:
+            right.plot(*zip(*points), marker="o", label=key.removeprefix("coherence_gradnorm_"))
+    right.set(xlabel="epoch", ylabel="gradient norm", yscale="log", title="gradient norms")
+    right.legend()
+    for ax in (left, right):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

@@ -89,6 +89,7 @@ DEFAULTS: Config = {
         "eval_every": 1,  # evaluate on the test set every n epochs (and always after the last)
         "plot": True,
         "tensorboard": True,  # event files in <output_dir>/tensorboard (every metrics.jsonl scalar)
+        "coherence_every": 50,  # steps between gradient-coherence measurements of two-sided methods; 0: off
         "save_rank_weights": False,  # every rank writes its final weights (checks data-parallel replicas)
     },
     "demo": {
@@ -312,6 +313,8 @@ def validate(cfg: Config) -> None:
 
     for key in ("data.batch_size", "data.eval_batch_size", "optim.epochs", "run.eval_every"):
         positive_int(key)
+    if cfg["run"]["coherence_every"] < 0:
+        raise ConfigError(f"run.coherence_every: expected an integer >= 0, got {cfg['run']['coherence_every']}")
     for key in ("data.train_subset", "data.test_subset", "run.threads", "run.stop_after"):
         positive_int(key, allow_none=True)
     val_size = cfg["data"]["val_size"]

@@ -61,6 +61,7 @@ from .checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from .coherence import gradient_coherence, plot_coherence
 from .config import DEFAULTS, ConfigError, load_config, merge
 from .data import Loaders, build_train_loaders, load_loader_state, loader_state
 from .metrics import plot_curves, read_metrics, topk_correct, truncate_metrics, write_metrics
@@ -286,7 +287,15 @@ def _load_teacher(cfg: dict[str, Any], device: torch.device, info: dict[str, Any
 
 
 #: The files of a run in its output directory (``tensorboard/`` holds the event files).
-RUN_FILES = (CHECKPOINT_NAME, BEST_NAME, "metrics.jsonl", "summary.json", "curves.png", "tensorboard")
+RUN_FILES = (
+    CHECKPOINT_NAME,
+    BEST_NAME,
+    "metrics.jsonl",
+    "summary.json",
+    "curves.png",
+    "coherence.png",
+    "tensorboard",
+)
 
 
 def _existing_run_files(out: Path) -> list[str]:
@@ -419,6 +428,8 @@ class Run:
         replace_old: the directory holds a previous run's files, to be replaced at this run's first save.
         best: ``{"epoch", "val_top1"}`` of ``best.pt`` (None: no validation split, or no epoch yet).
         tensorboard: the event-file writer of ``<output_dir>/tensorboard`` (rank 0; opened at the first save).
+        global_step: optimiser steps so far (this segment's count continues the checkpoint's).
+        coherence_steps: this epoch's ``(global step, coherence values)`` (:mod:`ukd.train.coherence`).
         elapsed: training seconds of the earlier segments of a resumed run.
         segment_start: ``time.perf_counter()`` when this segment's epochs began.
         records: the per-epoch metrics (on rank 0; those of earlier segments included).
@@ -444,6 +455,8 @@ class Run:
     replace_old: bool = False
     best: dict[str, Any] | None = None
     tensorboard: TensorBoardLog | None = None
+    global_step: int = 0
+    coherence_steps: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     elapsed: float = 0.0
     segment_start: float = 0.0
     records: list[dict[str, Any]] = field(default_factory=list)
@@ -559,6 +572,7 @@ def _resume_run(run: Run) -> None:
         run.start_epoch, run.elapsed = int(ckpt["epoch"]) + 1, float(ckpt.get("elapsed", 0.0))
         run.saved_epoch = int(ckpt["epoch"])
         run.best = ckpt.get("best")
+        run.global_step = int(ckpt.get("global_step", 0))
         if env.is_main:
             truncate_metrics(metrics_path, int(ckpt["epoch"]))
         if changes:
@@ -625,6 +639,23 @@ def _announce(run: Run) -> None:
     )
 
 
+def _backbone_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The student's trainable parameters without its classifier (the last ``nn.Linear``)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    head = {id(p) for p in linears[-1].parameters()} if linears else set()
+    return [p for p in model.parameters() if p.requires_grad and id(p) not in head]
+
+
+def _coherence_means(steps: list[tuple[int, dict[str, float]]]) -> dict[str, float | None]:
+    """The epoch's mean of each coherence value over its measured steps, NaN (undefined cosines) skipped."""
+    names = sorted({k for _, values in steps for k in values})
+    means: dict[str, float | None] = {}
+    for name in names:
+        finite = [v[name] for _, v in steps if name in v and math.isfinite(v[name])]
+        means[f"coherence_{name}"] = sum(finite) / len(finite) if finite else None
+    return means
+
+
 def _train_step(
     run: Run, images: Tensor, target: Tensor, epoch: int, step: int
 ) -> tuple[float, Tensor, dict[str, Tensor]]:
@@ -638,6 +669,11 @@ def _train_step(
     """
     assert run.net is not None  # set by _wrap_data_parallel
     logits, losses = run.net(images, target, epoch)
+    every, groups = run.cfg["run"]["coherence_every"], run.distiller.coherence_groups()
+    if every and groups and step % every == 0 and not run.env.distributed:
+        coherence = gradient_coherence(losses, groups, _backbone_parameters(run.model))
+        run.coherence_steps.append((run.global_step, coherence.as_dict()))
+    run.global_step += 1
     loss = sum(losses.values())
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -659,6 +695,7 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, Any]:
     """
     run.loaders.set_epoch(epoch)
     run.distiller.train()
+    run.coherence_steps = []
     lr = run.optimizer.param_groups[0]["lr"]
     sums = torch.zeros(4, dtype=torch.float64)  # loss·n, top-1 hits, top-5 hits, n
     part_sums: dict[str, float] = {}
@@ -703,6 +740,7 @@ def _train_epoch(run: Run, epoch: int) -> dict[str, Any]:
         "train_top5": 100 * totals[2].item() / n,
         "train_images": int(n),
         **{f"train_{k}": totals[4 + i].item() / n for i, k in enumerate(names)},
+        **_coherence_means(run.coherence_steps),
     }
 
 
@@ -743,6 +781,7 @@ def _checkpoint_state(run: Run, epoch: int, record: dict[str, Any], rank_states:
         "rank_states": rank_states,
         "metrics": record,
         "best": run.best,
+        "global_step": run.global_step,
         "config": copy.deepcopy(run.cfg),
         "data_info": {k: v for k, v in info.items() if k != "classes"},
     }
@@ -768,6 +807,8 @@ def _save_epoch(run: Run, epoch: int, record: dict[str, Any]) -> None:
                 run.out / "tensorboard", enabled=run.cfg["run"]["tensorboard"], purge_step=epoch
             )
         run.tensorboard.add_record(record, step=epoch)
+        for global_step, values in run.coherence_steps:
+            run.tensorboard.add_scalars(values, step=global_step, prefix="coherence")
         run.tensorboard.flush()
     run.saved_epoch = epoch
     dist_utils.barrier()
@@ -891,6 +932,7 @@ def _finish_run(run: Run) -> RunResult:
     if env.is_main and cfg["run"]["plot"] and records and not run.replace_old:
         title = f"{cfg['model']['name']} [{method}] on {info['name']}"
         plot_curves(records, out / "curves.png", title)
+        plot_coherence(records, out / "coherence.png", f"gradient coherence: {title}")
     _write_summary(run, "finished" if run.saved_epoch >= run.epochs else "stopped", final)
     dist_utils.barrier()
     return RunResult(out, run.model, run.distiller, records, final, wall, run.finished)
