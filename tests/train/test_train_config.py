@@ -38,7 +38,7 @@ def test_parse_override(text: str, key: str, value: object) -> None:
 def test_override_applies_and_coerces() -> None:
     cfg = apply_override(DEFAULTS, "optim.lr=1")  # an int where a float is expected is accepted
     assert cfg["optim"]["lr"] == 1.0 and isinstance(cfg["optim"]["lr"], float)
-    assert DEFAULTS["optim"]["lr"] == 0.05  # the defaults are never mutated
+    assert DEFAULTS["optim"]["lr"] is None  # the defaults are never mutated
     cfg = apply_override(cfg, "distill.dkd.beta=6")
     assert cfg["distill"]["dkd"]["beta"] == 6.0
 
@@ -144,3 +144,18 @@ def test_cli_layering(tmp_path: Path) -> None:
     cfg = config_from_args(build_parser().parse_args(["demo", "--methods", "ce,ukd", "--teacher-epochs", "2"]))
     assert cfg["demo"]["methods"] == ["ce", "ukd"] and cfg["demo"]["teacher_epochs"] == 2
     assert cfg["output_dir"] == "runs/demo"
+
+
+@pytest.mark.parametrize(("model", "lr"), [("resnet8", 0.05), ("MobileNetV2", 0.05), ("ShuffleV1", 0.01)])
+def test_model_default_learning_rate(model: str, lr: float) -> None:
+    """A null optim.lr is the model's measured default; an explicit one (flag or config) always wins."""
+    from ukd.train.config import resolved_lr
+
+    args = build_parser().parse_args(["train-teacher", "--model", model])
+    assert resolved_lr(config_from_args(args)) == lr
+    args = build_parser().parse_args(["distill", "--config", "demo", "--model", model])
+    assert resolved_lr(config_from_args(args)) == lr  # the demo's configuration leaves it to the model
+    args = build_parser().parse_args(["train-teacher", "--model", model, "--lr", "0.2"])
+    assert resolved_lr(config_from_args(args)) == 0.2
+    with pytest.raises(ConfigError, match=r"optim\.lr: expected a number > 0 or null"):
+        load_config(None, ["optim.lr=-1"])

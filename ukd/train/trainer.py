@@ -62,7 +62,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .coherence import gradient_coherence, plot_coherence
-from .config import DEFAULTS, ConfigError, load_config, merge
+from .config import DEFAULTS, ConfigError, load_config, merge, resolved_lr, set_value
 from .data import Loaders, build_train_loaders, load_loader_state, loader_state
 from .metrics import plot_curves, read_metrics, topk_correct, truncate_metrics, write_metrics
 from .tensorboard import TensorBoardLog
@@ -499,6 +499,7 @@ def _setup_run(cfg: dict[str, Any], method: str, warn_data: bool) -> Run:
     Seeds the global RNGs with ``cfg["seed"]`` before building the networks (the same initial weights on every rank),
     then with the rank's own seed (:func:`ukd.data.rank_seed`) for what the epochs draw (e.g. the UKD noise).
     """
+    cfg = set_value(cfg, "optim.lr", resolved_lr(cfg))  # the run records the learning rate it uses
     run_cfg, ocfg = cfg["run"], cfg["optim"]
     env = dist_utils.init_distributed(run_cfg["device"])
     threads = set_threads(run_cfg["threads"], env.local_world_size)
