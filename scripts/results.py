@@ -9,6 +9,9 @@ stopped) and copies each finished run's ``summary.json`` and ``metrics.jsonl`` t
 which is committed: a run recorded there is never trained again, so the work survives a lost ``runs/`` directory and
 can be spread over several sessions. ``report`` reads only ``docs/results/runs``.
 
+Several workers may run at once (``run`` again in another shell, e.g. ``--seeds 2 1 0``): each run directory is
+claimed by a lock file, so no two workers train the same run.
+
 Every run uses the shipped ``demo`` configuration (Fashion-MNIST, 8000-image class-balanced training subset, full
 test set, 8 epochs, SGD lr 0.05 cosine, batch 64) and the same thread count (``--threads``, default 1, so that a
 second core stays free and the times compare like with like).
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -79,6 +83,26 @@ def _finished(path: Path) -> bool:
     return summary.is_file() and json.loads(summary.read_text()).get("status") == "finished"
 
 
+def _lock(out: Path) -> Path | None:
+    """Claim ``out`` for this worker (``<out>.lock`` holding its pid); None if a live worker holds it."""
+    lock = out.with_name(out.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                os.kill(int(lock.read_text() or "0"), 0)
+                return None  # held by a live worker
+            except (ProcessLookupError, ValueError):
+                lock.unlink(missing_ok=True)  # its worker died: take it over
+                continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return lock
+    return None
+
+
 def _run_one(label: str, pair: str, out: Path, command: list[str]) -> None:
     """Train one run unless its record exists; then copy its summary and log into the records."""
     record = RECORDS / pair / label
@@ -86,10 +110,17 @@ def _run_one(label: str, pair: str, out: Path, command: list[str]) -> None:
         print(f"== {pair}/{label}: recorded, skipped", flush=True)
         return
     if not _finished(out):
-        print(f"== {pair}/{label} -> {out}", flush=True)
-        start = time.perf_counter()
-        subprocess.run([*command, "-o", str(out), "--resume", "--quiet"], check=True)
-        print(f"   {time.perf_counter() - start:.0f} s", flush=True)
+        lock = _lock(out)
+        if lock is None:
+            print(f"== {pair}/{label}: another worker is training it, skipped", flush=True)
+            return
+        try:
+            print(f"== {pair}/{label} -> {out}", flush=True)
+            start = time.perf_counter()
+            subprocess.run([*command, "-o", str(out), "--resume", "--quiet"], check=True)
+            print(f"   {time.perf_counter() - start:.0f} s", flush=True)
+        finally:
+            lock.unlink(missing_ok=True)
     record.mkdir(parents=True, exist_ok=True)
     for name in ("summary.json", "metrics.jsonl"):
         shutil.copyfile(out / name, record / name)
