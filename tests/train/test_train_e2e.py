@@ -8,23 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_run import TINY, TINY_ARGS
 
 from ukd.cli import main
 from ukd.train.checkpoint import CheckpointError, load_checkpoint
 from ukd.train.config import load_config
 from ukd.train.metrics import read_metrics
 from ukd.train.trainer import lr_factor, train
-
-TINY = [
-    "data.train_subset=48",
-    "data.test_subset=40",
-    "data.batch_size=16",
-    "data.eval_batch_size=40",
-    "run.threads=1",
-    "run.quiet=true",
-    "optim.lr=0.02",
-]
-TINY_ARGS = [a for s in TINY for a in ("--set", s)]
 
 
 @pytest.fixture(scope="module")

@@ -8,22 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_run import TINY_ARGS
 
 from ukd.cli import main
 from ukd.models import build
 from ukd.train import trainer as trainer_mod
 from ukd.train.metrics import read_metrics
-
-TINY = [
-    "data.train_subset=48",
-    "data.test_subset=40",
-    "data.batch_size=16",
-    "data.eval_batch_size=40",
-    "run.threads=1",
-    "run.quiet=true",
-    "optim.lr=0.02",
-]
-TINY_ARGS = [a for s in TINY for a in ("--set", s)]
 
 
 def _train(out: Path, *extra: str, epochs: int = 1) -> int:

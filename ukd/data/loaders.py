@@ -346,11 +346,6 @@ def build_loader_set(
         )
     else:
         train_sampler = RandomSampler(train_set, generator=generator)
-    test_sampler: Sampler[int] | None = None
-    if exact_test_shards:
-        test_sampler = ShardSampler(len(test_set), rank, num_replicas)
-    elif distributed:
-        test_sampler = DistributedSampler(test_set, num_replicas=num_replicas, rank=rank, shuffle=False)
     test_generator = generator if test_seed is None else torch.Generator().manual_seed(test_seed)
     common: dict[str, Any] = dict(
         num_workers=num_workers,
@@ -361,28 +356,24 @@ def build_loader_set(
     train_loader = DataLoader(
         train_set, batch_size=batch_size, sampler=train_sampler, drop_last=drop_last, generator=generator, **common
     )
-    test_loader = DataLoader(
-        test_set,
-        batch_size=eval_batch_size or batch_size,
-        sampler=test_sampler,
-        shuffle=False,
-        generator=test_generator,
-        **common,
-    )
-    val_loader = None
-    if val_set is not None:
-        val_sampler: Sampler[int] | None = None
+
+    def evaluation_loader(dataset: TensorImageDataset) -> DataLoader:
+        """In order; sharded exactly (no padding) or padded per rank as the test set is."""
+        sampler: Sampler[int] | None = None
         if exact_test_shards:
-            val_sampler = ShardSampler(len(val_set), rank, num_replicas)
+            sampler = ShardSampler(len(dataset), rank, num_replicas)
         elif distributed:
-            val_sampler = DistributedSampler(val_set, num_replicas=num_replicas, rank=rank, shuffle=False)
-        val_loader = DataLoader(
-            val_set,
+            sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        return DataLoader(
+            dataset,
             batch_size=eval_batch_size or batch_size,
-            sampler=val_sampler,
+            sampler=sampler,
             shuffle=False,
             generator=test_generator,
             **common,
         )
+
+    test_loader = evaluation_loader(test_set)
+    val_loader = evaluation_loader(val_set) if val_set is not None else None
     info.update(distributed=distributed, rank=rank, num_replicas=num_replicas)
     return LoaderSet(train_loader, test_loader, info, val_loader)
