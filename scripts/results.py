@@ -276,6 +276,12 @@ def report(_: argparse.Namespace) -> None:
     )
     text += f"\n\nTraining time of all recorded runs: {total:.0f} s ({total / 3600:.2f} h).\n"
     (FIGURES / "table.md").write_text(text, encoding="utf-8")
+    doc = ROOT / "docs" / "results.md"
+    begin, end = "<!-- results:table -->", "<!-- /results:table -->"
+    page = doc.read_text(encoding="utf-8")
+    if begin in page and end in page:  # the table of docs/results.md is this report's, never typed by hand
+        head, rest = page.split(begin, 1)
+        doc.write_text(f"{head}{begin}\n{text}{end}{rest.split(end, 1)[1]}", encoding="utf-8")
     plot_bars(results, FIGURES / "accuracy.png")
     plot_coherence(results, FIGURES / "coherence.png")
     print(text)
