@@ -79,6 +79,11 @@ DEFAULTS: Config = {
     "model": {
         "name": "resnet8",  # the network being trained: the teacher in train-teacher, the student in distill
         "channels_last": True,  # faster convolutions on CPU
+        # A user network instead of the zoo's (docs/features.md, "In the trainer"):
+        "factory": None,  # "package.module:function" returning an nn.Module; None: the zoo model `name`
+        "kwargs": {},  # keyword arguments of the factory (num_classes / in_channels added where it takes them)
+        "layers": None,  # the stage features: module names or {name, kind, call} mappings (ukd.features)
+        "pooled": None,  # the pooled-vector layer (a name or a mapping); None: the input of the last nn.Linear
     },
     "optim": {
         "epochs": 30,
@@ -93,6 +98,11 @@ DEFAULTS: Config = {
     "teacher": {
         "name": None,  # zoo name of the teacher; None: the name stored in a ukd checkpoint (teacher.weights)
         "weights": None,  # a ukd checkpoint, an mdistiller/CRD checkpoint or a state dict (kd, dkd and ukd need one)
+        # A user network, as for model.*; with factory and name None, a ukd checkpoint's stored factory is used
+        "factory": None,
+        "kwargs": {},
+        "layers": None,  # with a stored factory: replaces the checkpoint's layers
+        "pooled": None,
     },
     # Every method section's keys and defaults come from ukd.distillers.settings (docstrings there).
     "distill": {"method": "kd", **DistillSettings.default_config()},  # method: ce | kd | dkd | ukd | ...
@@ -116,12 +126,15 @@ DEFAULTS: Config = {
     },
 }
 
+#: The keys of a network given by a factory (model.* and teacher.*), free-form values checked by validate().
+_FACTORY_KEYS = ("factory", "kwargs", "layers", "pooled")
 # Keys whose value may be of any type (the default is None or the value is free-form).
 _FREE_KEYS = {
     "output_dir",
     "data.data_dir",
     "teacher.name",
     "teacher.weights",
+    *(f"{section}.{key}" for section in ("model", "teacher") for key in _FACTORY_KEYS),
     "data.train_subset",
     "data.test_subset",
     "data.val_size",
@@ -196,12 +209,28 @@ def merge(base: Config, update: Mapping[str, Any], prefix: str = "") -> Config:
             raise ConfigError(
                 f"unknown configuration key {full!r}; valid keys here: {', '.join(_section_keys(prefix))}"
             )
-        if isinstance(defaults[key], dict):
+        if isinstance(defaults[key], dict) and full in _FREE_KEYS:  # a free-form mapping (model.kwargs)
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{full}: expected a mapping of keyword arguments, got {value!r}")
+            out[key] = _merge_free(out[key], value)
+        elif isinstance(defaults[key], dict):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{full}: expected a mapping (a section), got {value!r}")
             out[key] = merge(out[key], value, full)
         else:
             out[key] = _check_value(full, value, defaults[key])
+    return out
+
+
+def _merge_free(base: Any, update: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` (a mapping) with ``update`` merged in key by key, nested mappings recursively, with no key checks:
+    ``--set model.kwargs.width=16`` changes one keyword argument and keeps the others."""
+    out = copy.deepcopy(dict(base)) if isinstance(base, Mapping) else {}
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge_free(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
     return out
 
 
@@ -379,3 +408,64 @@ def validate(cfg: Config) -> None:
         name = get(cfg, key)
         if name is not None and name not in available():
             raise ConfigError(f"{key}: unknown model {name!r}; valid names are: {', '.join(available())}")
+    for section in ("model", "teacher"):
+        _validate_factory_section(section, cfg[section])
+
+
+#: The value types a factory's keyword arguments may have (what YAML gives and ``torch.load(weights_only=True)`` reads).
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _is_plain(value: Any) -> bool:
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    return isinstance(value, _PLAIN)
+
+
+def _validate_factory_section(section: str, values: Mapping[str, Any]) -> None:
+    """``<section>.factory``, ``kwargs``, ``layers``, ``pooled``: forms, and that the factory imports and is callable.
+
+    Without a factory, ``model.kwargs`` / ``layers`` / ``pooled`` are errors (the zoo's models bring their stages);
+    ``teacher.layers`` / ``pooled`` may go with a ukd checkpoint that stores a factory (checked when it is read).
+    """
+    from ukd.train.factory import as_layer, as_layers, resolve_factory
+
+    factory, kwargs, layers, pooled = (values[k] for k in _FACTORY_KEYS)
+    if factory is not None:
+        if not isinstance(factory, str):
+            raise ConfigError(f"{section}.factory: expected 'package.module:function' or null, got {factory!r}")
+        try:
+            resolve_factory(factory)
+        except ValueError as exc:
+            raise ConfigError(f"{section}.factory: {exc}") from None
+        if section == "teacher" and values["name"] is not None:
+            raise ConfigError(
+                f"teacher.name ({values['name']}) and teacher.factory ({factory}): set one (a zoo model or a factory)"
+            )
+    if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+        raise ConfigError(f"{section}.kwargs: expected a mapping of keyword arguments, got {kwargs!r}")
+    if not _is_plain(kwargs):
+        raise ConfigError(f"{section}.kwargs: values must be numbers, strings, booleans, null, lists or mappings")
+    try:
+        as_layers(layers)
+    except ValueError as exc:
+        raise ConfigError(f"{section}.layers: {exc}") from None
+    if pooled is not None:
+        try:
+            as_layer(pooled)
+        except ValueError as exc:
+            raise ConfigError(f"{section}.pooled: {exc}") from None
+    if factory is None:
+        unused = [k for k in ("kwargs", "layers", "pooled") if values[k] not in (None, {})]
+        if section == "teacher":
+            unused = [k for k in unused if k == "kwargs" or values["name"] is not None]
+        if unused and unused[0] == "kwargs":
+            why = "" if section == "model" else " (a teacher rebuilt from its checkpoint takes its stored kwargs)"
+            raise ConfigError(f"{section}.kwargs: only with {section}.factory{why}")
+        if unused:
+            raise ConfigError(
+                f"{section}.{unused[0]}: only with {section}.factory; the zoo model {values['name']} brings its own "
+                "stages and pooled vector"
+            )

@@ -50,7 +50,7 @@ from tqdm import tqdm
 from ukd.data import rank_seed, seed_everything
 from ukd.distillers import Distiller, DistillSettings, build_distiller, needs_teacher
 from ukd.models import build as build_model
-from ukd.models.weights import WeightsError, read_weights
+from ukd.models.weights import WeightsError, WeightsFile, read_weights
 
 from . import distributed as dist_utils
 from .checkpoint import (
@@ -64,6 +64,14 @@ from .checkpoint import (
 from .coherence import gradient_coherence, plot_coherence
 from .config import DEFAULTS, ConfigError, load_config, merge, resolved_lr, set_value
 from .data import Loaders, build_train_loaders, load_loader_state, loader_state
+from .factory import (
+    arch_section,
+    build_network,
+    check_features,
+    network_arch,
+    network_label,
+    preact_requirements,
+)
 from .metrics import plot_curves, read_metrics, topk_correct, truncate_metrics, write_metrics
 from .tensorboard import TensorBoardLog
 
@@ -154,14 +162,24 @@ def _to_device(x: Tensor, device: torch.device, channels_last: bool) -> Tensor:
 def load_model(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the network saved in a ukd checkpoint; returns ``(model in eval mode, checkpoint dict)``.
 
+    A zoo model comes from :func:`ukd.models.build`; a factory network (``arch["factory"]``) from its factory, which
+    must be importable, in a :class:`ukd.train.factory.FactoryModel` with the stored layers.
+
     Raises:
-        CheckpointError: unreadable checkpoint, or one without a model (the message names the file).
+        CheckpointError: unreadable checkpoint, one without a model, or a factory that no longer builds the network
+            (the message names the file).
     """
     ckpt = load_checkpoint(path, map_location="cpu")
     arch = ckpt.get("arch")
     if not isinstance(arch, dict) or not {"name", "num_classes", "in_channels"} <= set(arch) or "model" not in ckpt:
         raise CheckpointError(f"checkpoint {path}: holds no model (expected a checkpoint written by ukd's trainer)")
-    model = build_model(arch["name"], num_classes=arch["num_classes"], in_channels=arch["in_channels"])
+    if arch.get("factory") is not None:
+        try:
+            model = build_network(*arch_section(arch), key="arch")
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(f"checkpoint {path}: cannot rebuild its network: {exc}") from None
+    else:
+        model = build_model(arch["name"], num_classes=arch["num_classes"], in_channels=arch["in_channels"])
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
@@ -247,12 +265,17 @@ def _restore_schedule(run: Run, ckpt: dict[str, Any]) -> None:
         )
 
 
-def _load_teacher(cfg: dict[str, Any], device: torch.device, info: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
-    """The frozen teacher of ``teacher.name`` with ``teacher.weights``, in eval mode on ``device``.
+def _load_teacher(
+    cfg: dict[str, Any], device: torch.device, info: dict[str, Any], preact: str | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The frozen teacher with ``teacher.weights``, in eval mode on ``device``: the zoo model ``teacher.name``, the
+    network of ``teacher.factory``, or (both null) the architecture a ukd checkpoint stores (a zoo name or a factory).
 
-    Returns ``(teacher, {"name": ..., "weights": ..., "test_top1": ... or None})``.
+    ``preact``: the setting that needs the teacher's pre-activation stages (a factory teacher must give them).
+    Returns ``(teacher, {"name": zoo name or factory string, "weights": ..., "test_top1": ... or None})``.
     """
-    weights, name = cfg["teacher"]["weights"], cfg["teacher"]["name"]
+    tcfg = cfg["teacher"]
+    weights, name = tcfg["weights"], tcfg["name"]
     if not weights:
         raise ValueError(
             f"method {cfg['distill']['method']!r} needs a teacher: set teacher.weights (--teacher-weights PATH: a "
@@ -267,23 +290,56 @@ def _load_teacher(cfg: dict[str, Any], device: torch.device, info: dict[str, Any
     except WeightsError as exc:
         raise WeightsError(f"teacher.weights: {exc}") from exc
     stored, metrics = weights_file.arch, weights_file.metrics
-    name = name or stored
-    if name is None:
-        raise ConfigError(
-            f"teacher.weights {weights}: not a ukd checkpoint, so the architecture must be named: set teacher.name "
-            "(--teacher NAME, e.g. resnet32x4)"
-        )
-    try:
-        teacher = build_model(
-            name, num_classes=info["num_classes"], in_channels=info["in_channels"], weights=weights_file
-        )
-    except WeightsError as exc:
-        raise WeightsError(
-            f"teacher for {info['name']} ({info['num_classes']} classes, {info['in_channels']} input channels): {exc}"
-        ) from exc
+    section = _teacher_section(tcfg, weights_file)
+    what = f"teacher for {info['name']} ({info['num_classes']} classes, {info['in_channels']} input channels)"
+    if section is not None:  # a factory network
+        try:
+            teacher = build_network(section, info, key="teacher", weights=weights_file, preact=preact)
+        except WeightsError as exc:
+            raise WeightsError(f"{what}: {exc}") from exc
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        name = section["factory"]
+    else:
+        name = name or stored
+        if name is None:
+            raise ConfigError(
+                f"teacher.weights {weights}: not a ukd checkpoint, so the architecture must be named: set teacher.name "
+                "(--teacher NAME, e.g. resnet32x4) or teacher.factory"
+            )
+        for key in ("layers", "pooled"):
+            if tcfg[key] is not None:
+                raise ConfigError(f"teacher.{key}: only for a factory teacher; the teacher is the zoo model {name}")
+        try:
+            teacher = build_model(
+                name, num_classes=info["num_classes"], in_channels=info["in_channels"], weights=weights_file
+            )
+        except WeightsError as exc:
+            raise WeightsError(f"{what}: {exc}") from exc
     teacher.requires_grad_(False)
     teacher = teacher.to(device).eval()
     return teacher, {"name": name, "weights": str(weights), "test_top1": metrics.get("test_top1")}
+
+
+def _teacher_section(tcfg: dict[str, Any], weights_file: WeightsFile) -> dict[str, Any] | None:
+    """The factory section of the teacher, or None for a zoo teacher.
+
+    ``teacher.factory`` set: the teacher section. ``teacher.factory`` and ``teacher.name`` null and ``teacher.weights``
+    a ukd checkpoint of a factory network: its stored factory, kwargs, layers and pooled layer, where
+    ``teacher.layers`` / ``teacher.pooled`` (when set) replace the stored ones.
+    """
+    if tcfg["factory"] is not None:
+        return tcfg
+    if tcfg["name"] is not None or weights_file.arch is None or ":" not in weights_file.arch:  # zoo names have no ':'
+        return None
+    arch = load_checkpoint(weights_file.path, map_location="cpu").get("arch") or {}
+    if arch.get("factory") is None:
+        return None
+    section, _ = arch_section(arch)
+    for key in ("layers", "pooled"):
+        if tcfg[key] is not None:
+            section[key] = tcfg[key]
+    return section
 
 
 #: The files of a run in its output directory (``tensorboard/`` holds the event files).
@@ -390,8 +446,11 @@ def _check_resumable(path: Path, ckpt: dict[str, Any], cfg: dict[str, Any], meth
     if missing:
         raise CheckpointError(f"checkpoint {path}: cannot resume from it, it lacks {', '.join(missing)}")
     mismatches = []
-    if ckpt["arch"]["name"] != cfg["model"]["name"]:
-        mismatches.append(f"model {ckpt['arch']['name']!r} vs {cfg['model']['name']!r}")
+    label = network_label(cfg["model"])
+    if ckpt["arch"]["name"] != label:
+        mismatches.append(f"model {ckpt['arch']['name']!r} vs {label!r}")
+    elif cfg["model"]["factory"] is not None and ckpt["arch"].get("kwargs") != cfg["model"]["kwargs"]:
+        mismatches.append(f"model.kwargs {ckpt['arch'].get('kwargs')!r} vs {cfg['model']['kwargs']!r}")
     if ckpt.get("method") != method:
         mismatches.append(f"method {ckpt.get('method')!r} vs {method!r}")
     if len(ckpt["rank_states"]) != world:
@@ -514,16 +573,23 @@ def _setup_run(cfg: dict[str, Any], method: str, warn_data: bool) -> Run:
     info = loaders.info
     teacher: nn.Module | None = None
     teacher_info: dict[str, Any] = {}
-    if needs_teacher(method):
-        teacher, teacher_info = _load_teacher(cfg, env.device, info)
-
-    model = build_model(cfg["model"]["name"], num_classes=info["num_classes"], in_channels=info["in_channels"])
     settings = DistillSettings.from_config(cfg["distill"])
+    preact = preact_requirements(method, settings)  # what a factory network must capture besides its stages
+    if needs_teacher(method):
+        teacher, teacher_info = _load_teacher(cfg, env.device, info, preact.get("teacher"))
+
+    try:  # the zoo model model.name, or the network of model.factory
+        model = build_network(cfg["model"], info, key="model", preact=preact.get("student"))
+        check_features(method, model, "model")
+        if teacher is not None:
+            check_features(method, teacher, "teacher")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     try:
         distiller = build_distiller(method, model, teacher, settings, info["num_classes"]).to(env.device)
     except ValueError as exc:  # a pair the method cannot distil (e.g. stage counts), before any step
         raise ConfigError(
-            f"distill.method={method}: cannot distil {cfg['model']['name']} from "
+            f"distill.method={method}: cannot distil {network_label(cfg['model'])} from "
             f"{teacher_info.get('name') or 'no teacher'}: {exc}"
         ) from None
     if cfg["model"]["channels_last"]:
@@ -630,7 +696,7 @@ def _announce(run: Run) -> None:
     ocfg = cfg["optim"]
     n_params = sum(p.numel() for p in run.model.parameters())
     run.say(
-        f"[{run.method}] {cfg['model']['name']} ({n_params / 1e6:.2f}M params)"
+        f"[{run.method}] {network_label(cfg['model'])} ({n_params / 1e6:.2f}M params)"
         + (f" <- teacher {run.teacher_info['name']}" if run.teacher_info else "")
         + f" | {info['name']} ({info['source']}): {info['train_size']} train"
         + (f" / {info['val_size']} val" if info.get("val_size") else "")
@@ -771,11 +837,7 @@ def _checkpoint_state(run: Run, epoch: int, record: dict[str, Any], rank_states:
         "epochs": run.epochs,
         "elapsed": record["elapsed"],
         "model": run.model.state_dict(),
-        "arch": {
-            "name": run.cfg["model"]["name"],
-            "num_classes": info["num_classes"],
-            "in_channels": info["in_channels"],
-        },
+        "arch": network_arch(run.cfg["model"], info),
         "extra": run.distiller.extra_state(),
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
@@ -831,11 +893,7 @@ def _save_best(run: Run, epoch: int, record: dict[str, Any]) -> None:
             "method": run.method,
             "epoch": epoch,
             "model": run.model.state_dict(),
-            "arch": {
-                "name": run.cfg["model"]["name"],
-                "num_classes": info["num_classes"],
-                "in_channels": info["in_channels"],
-            },
+            "arch": network_arch(run.cfg["model"], info),
             "extra": run.distiller.extra_state(),
             "metrics": record,
             "config": copy.deepcopy(run.cfg),
@@ -896,7 +954,7 @@ def _write_summary(run: Run, status: str, final: dict[str, Any] | None = None) -
         "status": status,
         "finished": status == "finished",
         "method": run.method,
-        "model": cfg["model"]["name"],
+        "model": network_label(cfg["model"]),
         "teacher": run.teacher_info.get("name"),
         "teacher_test_top1": run.teacher_info.get("test_top1"),
         "epochs_done": run.saved_epoch,
@@ -931,7 +989,7 @@ def _finish_run(run: Run) -> RunResult:
         trained = {k: v for k, v in run.distiller.state_dict().items() if not k.startswith("teacher.")}
         torch.save({k: v.detach().cpu() for k, v in trained.items()}, out / f"weights_rank{env.rank}.pt")
     if env.is_main and cfg["run"]["plot"] and records and not run.replace_old:
-        title = f"{cfg['model']['name']} [{method}] on {info['name']}"
+        title = f"{network_label(cfg['model'])} [{method}] on {info['name']}"
         plot_curves(records, out / "curves.png", title)
         plot_coherence(records, out / "coherence.png", f"gradient coherence: {title}")
     _write_summary(run, "finished" if run.saved_epoch >= run.epochs else "stopped", final)
@@ -1006,8 +1064,9 @@ def evaluate_checkpoint(
     """Evaluate the network of a checkpoint on a test set.
 
     Args:
-        path: a checkpoint written by ``train-teacher`` or ``distill`` (evaluated on the data it was trained on), or
-            weights in another layout (an mdistiller/CRD checkpoint, a state dict), which need ``model_name``.
+        path: a checkpoint written by ``train-teacher`` or ``distill`` (evaluated on the data it was trained on; a
+            factory network's factory must be importable), or weights in another layout (an mdistiller/CRD
+            checkpoint, a state dict), which need ``model_name`` or a ``model.factory=...`` override.
         overrides: ``key=value`` changes to the checkpoint's configuration, or to the defaults for weights without
             one (e.g. ``data.name=cifar100``, ``data.data_dir=...``, ``data.test_subset=null``, ``run.threads=2``).
         model_name: the zoo architecture of ``path``; for a ukd checkpoint it must match the stored one.
@@ -1031,17 +1090,30 @@ def evaluate_checkpoint(
             raise CheckpointError(f"checkpoint {path}: holds no configuration")
         cfg = load_config(None, overrides, base=merge(DEFAULTS, saved))
     else:
-        if model_name is None:
-            raise ConfigError(
-                f"{path}: not a ukd checkpoint, so its architecture must be named (--model NAME, e.g. resnet32x4)"
-            )
         cfg = load_config(None, overrides)
+        if model_name is None and cfg["model"]["factory"] is None:
+            raise ConfigError(
+                f"{path}: not a ukd checkpoint, so its architecture must be named (--model NAME, e.g. resnet32x4, "
+                "or --set model.factory=package.module:function)"
+            )
+        if model_name is not None and cfg["model"]["factory"] is not None:
+            raise ConfigError(f"--model {model_name} and model.factory={cfg['model']['factory']}: name one")
     env = dist_utils.init_distributed(cfg["run"]["device"])
     set_threads(cfg["run"]["threads"], env.local_world_size)
     loaders = build_train_loaders(cfg["data"], int(cfg["seed"]), env, warn=warn_data and env.is_main)
     if stored is None:
         info = loaders.info
-        model = build_model(model_name, num_classes=info["num_classes"], in_channels=info["in_channels"], weights=path)
+        if model_name is not None:
+            model = build_model(
+                model_name, num_classes=info["num_classes"], in_channels=info["in_channels"], weights=path
+            )
+        else:
+            try:
+                model = build_network(cfg["model"], info, key="model", weights=read_weights(path))
+            except WeightsError:
+                raise
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         model.eval()
     channels_last = bool(cfg["model"]["channels_last"])
     model = model.to(env.device)
@@ -1051,7 +1123,7 @@ def evaluate_checkpoint(
     result = evaluate(model, loaders.test, env.device, channels_last)
     return {
         "checkpoint": str(path),
-        "model": stored or model_name,
+        "model": stored or model_name or cfg["model"]["factory"],
         "method": ckpt.get("method"),
         "epoch": ckpt.get("epoch"),
         **result,
