@@ -224,7 +224,9 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
         if args.command == "train-teacher":
             cfg = set_value(cfg, "output_dir", "runs/teacher")
         elif args.command == "distill":
-            cfg = set_value(cfg, "output_dir", f"runs/{cfg['model']['name']}_{cfg['distill']['method']}")
+            factory = cfg["model"]["factory"]
+            student = factory.rsplit(":", 1)[-1] if factory else cfg["model"]["name"]
+            cfg = set_value(cfg, "output_dir", f"runs/{student}_{cfg['distill']['method']}")
         else:
             cfg = set_value(cfg, "output_dir", "runs/demo")
     if args.command == "distill" and cfg["teacher"]["weights"] is None and cfg["distill"]["method"] != "ce":
@@ -262,11 +264,14 @@ def _run(args: argparse.Namespace) -> int:
         from ukd.train.trainer import export_checkpoint
 
         arch = export_checkpoint(args.checkpoint, args.out, force=args.force)
-        print(
-            f"{args.out}: state dict of {arch['name']} ({arch['num_classes']} classes, {arch['in_channels']} input "
-            f"channels); load with ukd.models.build({arch['name']!r}, num_classes={arch['num_classes']}, "
-            f"in_channels={arch['in_channels']}, weights={str(args.out)!r})"
-        )
+        what = f"{args.out}: state dict of {arch['name']} ({arch['num_classes']} classes, {arch['in_channels']} input "
+        if arch.get("factory"):
+            print(f"{what}channels); load with model.load_state_dict(torch.load({str(args.out)!r}, weights_only=True))")
+        else:
+            print(
+                f"{what}channels); load with ukd.models.build({arch['name']!r}, num_classes={arch['num_classes']}, "
+                f"in_channels={arch['in_channels']}, weights={str(args.out)!r})"
+            )
         return 0
 
     cfg = config_from_args(args)

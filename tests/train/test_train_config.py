@@ -159,3 +159,12 @@ def test_model_default_learning_rate(model: str, lr: float) -> None:
     assert resolved_lr(config_from_args(args)) == 0.2
     with pytest.raises(ConfigError, match=r"optim\.lr: expected a number > 0 or null"):
         load_config(None, ["optim.lr=-1"])
+
+
+def test_factory_student_names_its_default_output_dir_and_lr() -> None:
+    from ukd.train.config import resolved_lr
+
+    args = build_parser().parse_args(["distill", "--model", "ShuffleV1", "--set", "model.factory=ukd.models:build"])
+    cfg = config_from_args(args)
+    assert cfg["output_dir"] == "runs/build_kd"  # the factory's name, not model.name's
+    assert resolved_lr(cfg) == 0.05  # model.name's default (ShuffleV1: 0.01) is not the factory network's

@@ -55,9 +55,12 @@ DEFAULT_LR = 0.05
 
 
 def resolved_lr(cfg: Config) -> float:
-    """``optim.lr``, or for null the default learning rate of ``model.name`` (:data:`MODEL_LR`, else 0.05)."""
+    """``optim.lr``, or for null the default learning rate of ``model.name`` (:data:`MODEL_LR`, else 0.05; 0.05
+    for a ``model.factory`` network)."""
     lr = cfg["optim"]["lr"]
-    return float(lr) if lr is not None else MODEL_LR.get(cfg["model"]["name"], DEFAULT_LR)
+    if lr is not None:
+        return float(lr)
+    return DEFAULT_LR if cfg["model"].get("factory") else MODEL_LR.get(cfg["model"]["name"], DEFAULT_LR)
 
 
 #: Every key a configuration may have, with its default: sane values for Fashion-MNIST on a CPU.
