@@ -37,7 +37,9 @@ FIGURES = ROOT / "docs" / "results"
 #: pair name -> (teacher, teacher epochs, student)
 PAIRS: dict[str, tuple[str, int, str]] = {
     "demo": ("resnet20", 8, "resnet8"),  # the demo's pair: a 3.6-point teacher-student gap
-    "wide": ("resnet56", 12, "resnet8"),  # a deeper teacher trained longer: a wider gap
+    # The same teacher trained 30 epochs instead of 8: a wider gap. (A resnet56 teacher trained 12 epochs was tried
+    # first: 86.89 %, below resnet20's 87.63 % at 8 epochs, so no wider gap on 8000 images.)
+    "long": ("resnet20", 30, "resnet8"),
 }
 
 #: The paper's UKD settings (ukd/configs/unikd_paper.yaml) on top of the demo's DKD term.
