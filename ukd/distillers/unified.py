@@ -11,6 +11,8 @@ and the authors' recipe (``--config unikd_paper``) differ only in those settings
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -71,13 +73,8 @@ class UKD(Distiller):
             student_channels,
             teacher_channels,
             num_classes,
-            temperature=u.temperature,
-            dist_weight=u.dist_weight,
-            gauss_weight=u.gauss_weight,
-            supp_weight=u.supp_weight,
-            logit_weight=0.0,
+            **asdict(u.loss_options()),  # the options the settings were checked with
             sample=u.sample,
-            logvar_bound=u.logvar_bound,
             backend=u.backend,
             fusion=u.fusion,
         )
