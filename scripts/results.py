@@ -213,6 +213,7 @@ def plot_bars(results: dict[str, dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
+    results = {pair: data for pair, data in results.items() if data["runs"]}
     fig, axes = plt.subplots(1, len(results), figsize=(6.5 * len(results), 4.2), squeeze=False)
     for ax, (pair, data) in zip(axes[0], results.items(), strict=True):
         labels = list(data["runs"])
