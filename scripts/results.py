@@ -268,6 +268,34 @@ def plot_coherence(results: dict[str, dict[str, Any]], path: Path) -> bool:
     return drawn
 
 
+def short_table(results: dict[str, dict[str, Any]]) -> str:
+    """One row per pair: the teacher and each method's mean ± std (the README's summary)."""
+    labels = list(METHODS)
+    lines = [
+        "| pair | teacher | " + " | ".join(labels) + " |",
+        "| --- | ---: | " + " | ".join("---:" for _ in labels) + " |",
+    ]
+    for pair, data in results.items():
+        t_name, t_epochs, s_name = PAIRS[pair]
+        cells = []
+        for label in labels:
+            seeds = data["runs"].get(label, [])
+            mean, std = _mean_std([s["final"]["test_top1"] for s, _ in seeds]) if seeds else (math.nan, 0.0)
+            cells.append(f"{mean:.2f} ± {std:.2f} ({len(seeds)})" if seeds else "—")
+        teacher = data["teacher"]["final"]["test_top1"]
+        lines.append(f"| {t_name} ({t_epochs} ep) → {s_name} | {teacher:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n(n): the number of seeds recorded.\n"
+
+
+def _fill(doc: Path, marker: str, text: str) -> None:
+    """Replace what stands between ``<!-- marker -->`` and ``<!-- /marker -->`` in ``doc`` (never typed by hand)."""
+    begin, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    page = doc.read_text(encoding="utf-8")
+    if begin in page and end in page:
+        head, rest = page.split(begin, 1)
+        doc.write_text(f"{head}{begin}\n{text}{end}{rest.split(end, 1)[1]}", encoding="utf-8")
+
+
 def report(_: argparse.Namespace) -> None:
     results = collect()
     if not results:
@@ -279,12 +307,8 @@ def report(_: argparse.Namespace) -> None:
     )
     text += f"\n\nTraining time of all recorded runs: {total:.0f} s ({total / 3600:.2f} h).\n"
     (FIGURES / "table.md").write_text(text, encoding="utf-8")
-    doc = ROOT / "docs" / "results.md"
-    begin, end = "<!-- results:table -->", "<!-- /results:table -->"
-    page = doc.read_text(encoding="utf-8")
-    if begin in page and end in page:  # the table of docs/results.md is this report's, never typed by hand
-        head, rest = page.split(begin, 1)
-        doc.write_text(f"{head}{begin}\n{text}{end}{rest.split(end, 1)[1]}", encoding="utf-8")
+    _fill(ROOT / "docs" / "results.md", "results:table", text)
+    _fill(ROOT / "README.md", "results:short", short_table(results))
     plot_bars(results, FIGURES / "accuracy.png")
     plot_coherence(results, FIGURES / "coherence.png")
     print(text)
